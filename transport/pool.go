@@ -1,0 +1,513 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// PoolConfig configures a Pool. The zero value works: every zero field takes
+// the default documented on it.
+type PoolConfig struct {
+	// MaxConnsPerUpstream caps the conns, open or being dialed, to one
+	// upstream address. Callers beyond it wait, first come first served.
+	// Default 256.
+	MaxConnsPerUpstream int
+
+	// MaxIdlePerUpstream caps the conns kept open with no stream in flight.
+	// Default 64.
+	MaxIdlePerUpstream int
+
+	// MaxPendingDials caps the dials in progress to one upstream address.
+	// Default 8.
+	MaxPendingDials int
+
+	// IdleTimeout closes a conn that has had no stream in flight for this
+	// long. Default 90s.
+	IdleTimeout time.Duration
+}
+
+func (c PoolConfig) withDefaults() PoolConfig {
+	if c.MaxConnsPerUpstream <= 0 {
+		c.MaxConnsPerUpstream = 256
+	}
+	if c.MaxIdlePerUpstream <= 0 {
+		c.MaxIdlePerUpstream = 64
+	}
+	if c.MaxPendingDials <= 0 {
+		c.MaxPendingDials = 8
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 90 * time.Second
+	}
+	return c
+}
+
+// PoolStats are a Pool's counters since it was made.
+type PoolStats struct {
+	Dials        uint64 // dials started
+	DialFailures uint64 // dials that failed
+	Gets         uint64 // successful Gets
+	Reused       uint64 // Gets served by a conn that was already open
+	Waits        uint64 // Gets that had to wait for a conn
+	Reaped       uint64 // conns closed for idleness or the idle cap
+	Open         int64  // conns open now
+}
+
+// Pool keeps upstream conns of one Dialer, keyed by upstream address. It
+// reuses conns with a free slot last-in first-out (a hot conn stays hot, a cold
+// one times out), caps conns per upstream, shares dials among concurrent
+// callers on a context the pool owns (a caller that gives up does not fail the
+// others), queues waiters first in first out, and reaps idle conns.
+//
+// Use: Get returns a Conn with one slot reserved; the caller uses it (one
+// RoundTrip and Close of the response body, or Release) and then calls Put
+// exactly once. Multiplexed conns stay shared while they have free slots.
+type Pool struct {
+	dialer Dialer
+	cfg    PoolConfig
+
+	ctx    context.Context // owns dials; cancelled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // dials and the reaper
+
+	mu        sync.RWMutex // guards upstreams and closed
+	upstreams map[string]*upstream
+	closed    bool
+
+	dials, dialFailures, gets, reused, waits, reaped atomic.Uint64
+	open                                             atomic.Int64
+}
+
+// NewPool returns a pool that dials with d. Close it when done.
+func NewPool(d Dialer, cfg PoolConfig) *Pool {
+	p := &Pool{dialer: d, cfg: cfg.withDefaults(), upstreams: make(map[string]*upstream)}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.wg.Add(1)
+	go p.reapLoop()
+	return p
+}
+
+// upstream is the part of a pool for one address.
+type upstream struct {
+	addr string
+	pool *Pool
+
+	mu      sync.Mutex // guards everything below
+	avail   []*pconn   // conns with a free slot; the most recently used is last
+	conns   map[*pconn]struct{}
+	dialing int
+	waiters []*waiter // FIFO; entries may be abandoned
+	// multiplexed is learned from the first conn: a conn with more than one
+	// slot serves a burst alone, so the pool dials one at a time.
+	multiplexed, learned bool
+}
+
+// pconn is a Conn as the pool tracks it. Get returns it; Put takes it back.
+type pconn struct {
+	Conn
+	up        *upstream
+	onStack   bool      // in up.avail
+	idleSince time.Time // when it last became idle; guarded by up.mu
+}
+
+type waiter struct {
+	ch        chan getResult // buffered, 1
+	abandoned bool           // guarded by upstream.mu
+}
+
+type getResult struct {
+	pc  *pconn
+	err error
+}
+
+var errPoolClosed = NewError(CodeDraining, false, errors.New("transport: pool closed"))
+
+// Get returns a conn to addr with one slot reserved, waiting for a free slot
+// or a dial while ctx allows. Its errors: the dial's *Error
+// (CodeConnectRefused, CodeConnectTimeout, ...), CodeDraining once the pool is
+// shut down, and ctx's error when ctx ends first.
+func (p *Pool) Get(ctx context.Context, addr string) (Conn, error) {
+	up, err := p.upstream(addr)
+	if err != nil {
+		return nil, err
+	}
+	up.mu.Lock()
+	if pc := up.takeLocked(); pc != nil {
+		up.mu.Unlock()
+		p.gets.Add(1)
+		p.reused.Add(1)
+		return pc, nil
+	}
+	w := &waiter{ch: make(chan getResult, 1)}
+	up.waiters = append(up.waiters, w)
+	p.maybeDialLocked(up)
+	up.mu.Unlock()
+	p.waits.Add(1)
+
+	select {
+	case r := <-w.ch:
+		if r.err == nil {
+			p.gets.Add(1)
+		}
+		return r.pc, r.err
+	case <-ctx.Done():
+		up.mu.Lock()
+		w.abandoned = true
+		up.mu.Unlock()
+		// A result may have been sent before the abandon mark: give its
+		// slot back.
+		select {
+		case r := <-w.ch:
+			if r.pc != nil {
+				r.pc.Release()
+				p.Put(r.pc)
+			}
+		default:
+		}
+		return nil, context.Cause(ctx)
+	}
+}
+
+// Put takes back a conn from Get once its reserved slot has been used or
+// released. A broken conn is closed and forgotten; an idle one beyond the idle
+// cap is closed.
+func (p *Pool) Put(c Conn) {
+	pc, ok := c.(*pconn)
+	if !ok {
+		return
+	}
+	up := pc.up
+	var closeConns []*pconn
+	up.mu.Lock()
+	if pc.Err() != nil {
+		closeConns = append(closeConns, up.dropLocked(pc))
+		p.maybeDialLocked(up)
+	} else {
+		up.serveWaitersLocked(pc, p)
+		if !pc.onStack && pc.Available() > 0 {
+			up.avail = append(up.avail, pc)
+			pc.onStack = true
+		}
+		if pc.Idle() {
+			pc.idleSince = time.Now()
+			closeConns = up.trimIdleLocked(p.cfg.MaxIdlePerUpstream, closeConns)
+		}
+	}
+	up.mu.Unlock()
+	for _, c := range closeConns {
+		if c != nil {
+			c.Close()
+		}
+	}
+}
+
+func (p *Pool) upstream(addr string) (*upstream, error) {
+	p.mu.RLock()
+	up, closed := p.upstreams[addr], p.closed
+	p.mu.RUnlock()
+	if closed {
+		return nil, errPoolClosed
+	}
+	if up != nil {
+		return up, nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, errPoolClosed
+	}
+	if up = p.upstreams[addr]; up == nil {
+		up = &upstream{addr: addr, pool: p, conns: make(map[*pconn]struct{})}
+		p.upstreams[addr] = up
+	}
+	return up, nil
+}
+
+// takeLocked reserves a slot on the most recently used conn that has one.
+func (up *upstream) takeLocked() *pconn {
+	for n := len(up.avail); n > 0; n = len(up.avail) {
+		pc := up.avail[n-1]
+		if pc.Reserve() {
+			if pc.Available() == 0 {
+				up.popLocked()
+			}
+			return pc
+		}
+		up.popLocked()
+	}
+	return nil
+}
+
+func (up *upstream) popLocked() {
+	n := len(up.avail) - 1
+	up.avail[n].onStack = false
+	up.avail[n] = nil
+	up.avail = up.avail[:n]
+}
+
+// serveWaitersLocked hands slots of pc to waiting callers, oldest first.
+func (up *upstream) serveWaitersLocked(pc *pconn, p *Pool) {
+	for len(up.waiters) > 0 {
+		w := up.waiters[0]
+		if w.abandoned {
+			up.shiftWaiterLocked()
+			continue
+		}
+		if !pc.Reserve() {
+			return
+		}
+		up.shiftWaiterLocked()
+		p.reused.Add(1)
+		w.ch <- getResult{pc: pc}
+	}
+}
+
+func (up *upstream) shiftWaiterLocked() {
+	up.waiters[0] = nil
+	up.waiters = up.waiters[1:]
+	if len(up.waiters) == 0 {
+		up.waiters = up.waiters[:0:0]
+	}
+}
+
+func (up *upstream) liveWaitersLocked() int {
+	n := 0
+	for _, w := range up.waiters {
+		if !w.abandoned {
+			n++
+		}
+	}
+	return n
+}
+
+// dropLocked forgets pc and returns it for closing outside the lock.
+func (up *upstream) dropLocked(pc *pconn) *pconn {
+	if _, ok := up.conns[pc]; !ok {
+		return nil
+	}
+	delete(up.conns, pc)
+	up.pool.open.Add(-1)
+	if pc.onStack {
+		for i, c := range up.avail {
+			if c == pc {
+				up.avail = append(up.avail[:i], up.avail[i+1:]...)
+				break
+			}
+		}
+		pc.onStack = false
+	}
+	return pc
+}
+
+// trimIdleLocked closes the least recently used idle conns beyond max.
+func (up *upstream) trimIdleLocked(max int, out []*pconn) []*pconn {
+	idle := 0
+	for _, c := range up.avail {
+		if c.Idle() {
+			idle++
+		}
+	}
+	for i := 0; idle > max && i < len(up.avail); {
+		if c := up.avail[i]; c.Idle() {
+			out = append(out, up.dropLocked(c))
+			idle--
+			continue
+		}
+		i++
+	}
+	return out
+}
+
+// maybeDialLocked starts a dial when callers wait and the caps allow one. A
+// multiplexed upstream (or one not yet known) gets one dial at a time; an
+// HTTP/1.1 one a dial per waiting caller, up to MaxPendingDials.
+func (p *Pool) maybeDialLocked(up *upstream) {
+	want := up.liveWaitersLocked()
+	if want == 0 {
+		return
+	}
+	if up.multiplexed || !up.learned {
+		want = 1
+	}
+	for up.dialing < want && up.dialing < p.cfg.MaxPendingDials &&
+		len(up.conns)+up.dialing < p.cfg.MaxConnsPerUpstream {
+		up.dialing++
+		p.dials.Add(1)
+		p.wg.Add(1)
+		go p.dial(up)
+	}
+}
+
+func (p *Pool) dial(up *upstream) {
+	defer p.wg.Done()
+	c, err := p.dialer.Dial(p.ctx, up.addr)
+	up.mu.Lock()
+	up.dialing--
+	if err != nil {
+		p.dialFailures.Add(1)
+		// Fail the callers this dial was for: all of them when no other
+		// dial or conn can serve them, else the oldest one.
+		for len(up.waiters) > 0 {
+			w := up.waiters[0]
+			up.shiftWaiterLocked()
+			if w.abandoned {
+				continue
+			}
+			w.ch <- getResult{err: err}
+			if up.dialing > 0 || len(up.conns) > 0 {
+				break
+			}
+		}
+		up.mu.Unlock()
+		return
+	}
+	pc := &pconn{Conn: c, up: up}
+	p.mu.RLock()
+	closed := p.closed
+	p.mu.RUnlock()
+	if closed {
+		up.mu.Unlock()
+		c.Close()
+		return
+	}
+	p.open.Add(1)
+	up.conns[pc] = struct{}{}
+	if !up.learned {
+		up.learned = true
+		up.multiplexed = c.Available() > 1
+	}
+	up.serveWaitersLocked(pc, p)
+	if pc.Available() > 0 {
+		up.avail = append(up.avail, pc)
+		pc.onStack = true
+	}
+	if pc.Idle() {
+		pc.idleSince = time.Now()
+	}
+	p.maybeDialLocked(up)
+	up.mu.Unlock()
+}
+
+func (p *Pool) reapLoop() {
+	defer p.wg.Done()
+	every := p.cfg.IdleTimeout / 2
+	if every < 100*time.Millisecond {
+		every = 100 * time.Millisecond
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case now := <-t.C:
+			p.reap(now)
+		}
+	}
+}
+
+// reap closes conns idle for longer than IdleTimeout and forgets broken ones.
+func (p *Pool) reap(now time.Time) {
+	p.mu.RLock()
+	ups := make([]*upstream, 0, len(p.upstreams))
+	for _, up := range p.upstreams {
+		ups = append(ups, up)
+	}
+	p.mu.RUnlock()
+	var closeConns []*pconn
+	for _, up := range ups {
+		up.mu.Lock()
+		for pc := range up.conns {
+			switch {
+			case pc.Err() != nil && pc.Idle():
+				closeConns = append(closeConns, up.dropLocked(pc))
+			case pc.Idle() && !pc.idleSince.IsZero() && now.Sub(pc.idleSince) >= p.cfg.IdleTimeout:
+				closeConns = append(closeConns, up.dropLocked(pc))
+				p.reaped.Add(1)
+			}
+		}
+		up.mu.Unlock()
+	}
+	for _, c := range closeConns {
+		if c != nil {
+			c.Close()
+		}
+	}
+}
+
+// Stats returns the pool's counters.
+func (p *Pool) Stats() PoolStats {
+	return PoolStats{
+		Dials: p.dials.Load(), DialFailures: p.dialFailures.Load(), Gets: p.gets.Load(),
+		Reused: p.reused.Load(), Waits: p.waits.Load(), Reaped: p.reaped.Load(), Open: p.open.Load(),
+	}
+}
+
+// Shutdown stops handing out conns (Get fails with CodeDraining), then shuts
+// every conn down gracefully: streams in flight finish unless ctx ends first,
+// in which case the rest are closed. It returns ctx's error in that case.
+func (p *Pool) Shutdown(ctx context.Context) error {
+	conns := p.detach()
+	var wg sync.WaitGroup
+	errc := make(chan error, 1)
+	for _, c := range conns {
+		wg.Go(func() {
+			if err := c.Shutdown(ctx); err != nil {
+				select {
+				case errc <- err:
+				default:
+				}
+			}
+		})
+	}
+	wg.Wait()
+	p.cancel()
+	p.wg.Wait()
+	select {
+	case err := <-errc:
+		return err
+	default:
+		return nil
+	}
+}
+
+// Close closes every conn at once and waits for the pool's goroutines.
+func (p *Pool) Close() error {
+	conns := p.detach()
+	p.cancel()
+	for _, c := range conns {
+		c.Close()
+	}
+	p.wg.Wait()
+	return nil
+}
+
+// detach marks the pool closed, fails waiters and returns all conns.
+func (p *Pool) detach() []*pconn {
+	p.mu.Lock()
+	p.closed = true
+	ups := p.upstreams
+	p.upstreams = map[string]*upstream{}
+	p.mu.Unlock()
+	var conns []*pconn
+	for _, up := range ups {
+		up.mu.Lock()
+		for pc := range up.conns {
+			conns = append(conns, pc)
+		}
+		p.open.Add(-int64(len(up.conns)))
+		clear(up.conns)
+		up.avail = nil
+		for _, w := range up.waiters {
+			if !w.abandoned {
+				w.ch <- getResult{err: errPoolClosed}
+			}
+		}
+		up.waiters = nil
+		up.mu.Unlock()
+	}
+	return conns
+}
