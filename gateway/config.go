@@ -1,0 +1,284 @@
+package gateway
+
+import (
+	"time"
+)
+
+// Config is the gateway's configuration, as read from a YAML file by
+// ParseConfig or LoadConfig. The zero value of every field takes the default
+// documented on it; ParseConfig fills defaults into the Config it returns.
+type Config struct {
+	// Listen is the address for TCP (HTTP/1.1 and HTTP/2 over TLS) and,
+	// when HTTP/3 is on, UDP (QUIC) on the same port. Default ":8443".
+	Listen string `yaml:"listen"`
+
+	// TLS holds the server certificates.
+	TLS TLSConfig `yaml:"tls"`
+
+	// HTTP3 configures QUIC and HTTP/3 on Listen's UDP port.
+	HTTP3 HTTP3Config `yaml:"http3"`
+
+	// AltSvc configures the Alt-Svc header that advertises HTTP/3 on
+	// HTTP/1.1 and HTTP/2 responses.
+	AltSvc AltSvcConfig `yaml:"alt_svc"`
+
+	// Limits bound what one client may send.
+	Limits LimitsConfig `yaml:"limits"`
+
+	// TrustedProxies lists the CIDRs (or single addresses) whose
+	// X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host the gateway
+	// keeps and appends to. From any other client they are replaced.
+	// Default: none.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+
+	// DrainTimeout bounds a graceful shutdown: in-flight requests get this
+	// long to finish before they are cut. Default 30s.
+	DrainTimeout Duration `yaml:"drain_timeout"`
+
+	// Admin configures the admin HTTP endpoint.
+	Admin AdminConfig `yaml:"admin"`
+
+	// Log configures logging.
+	Log LogConfig `yaml:"log"`
+
+	// Routes map requests to clusters. The most specific host wins (exact,
+	// then the longest "*." wildcard, then routes without host), then the
+	// longest path prefix. A route without host and with path prefix "/" is
+	// the default route.
+	Routes []RouteConfig `yaml:"routes"`
+
+	// Clusters are the upstream groups that routes name.
+	Clusters []ClusterConfig `yaml:"clusters"`
+
+	// File is the path the config was read from, for messages. Not in YAML.
+	File string `yaml:"-"`
+}
+
+// TLSConfig holds the server's certificates.
+type TLSConfig struct {
+	// Certificates are PEM certificate and key file pairs. The one whose
+	// names match the client's SNI is served; the first is the fallback.
+	// Required unless the embedded default generates one.
+	Certificates []CertificateConfig `yaml:"certificates"`
+
+	// HandshakeTimeout bounds the TLS handshake of a TCP client. Default 10s.
+	HandshakeTimeout Duration `yaml:"handshake_timeout"`
+}
+
+// CertificateConfig is one certificate chain and its private key, PEM files.
+type CertificateConfig struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+}
+
+// HTTP3Config configures QUIC and HTTP/3.
+type HTTP3Config struct {
+	// Enabled turns HTTP/3 on, on Listen's UDP port. Default true.
+	Enabled *bool `yaml:"enabled"`
+
+	// IdleTimeout closes a QUIC connection without activity. Default 30s.
+	IdleTimeout Duration `yaml:"idle_timeout"`
+
+	// HandshakeTimeout bounds the QUIC handshake. Default 10s.
+	HandshakeTimeout Duration `yaml:"handshake_timeout"`
+
+	// MaxStreams is the number of concurrent bidirectional streams a client
+	// may open per connection. Default 250.
+	MaxStreams int `yaml:"max_streams"`
+
+	// InitialStreamWindow and MaxStreamWindow are the per-stream flow-control
+	// windows in bytes. Defaults 512 KiB and 6 MiB.
+	InitialStreamWindow ByteSize `yaml:"initial_stream_window"`
+	MaxStreamWindow     ByteSize `yaml:"max_stream_window"`
+
+	// InitialConnWindow and MaxConnWindow are the per-connection flow-control
+	// windows in bytes. Defaults 768 KiB and 15 MiB.
+	InitialConnWindow ByteSize `yaml:"initial_conn_window"`
+	MaxConnWindow     ByteSize `yaml:"max_conn_window"`
+
+	// KeepAlivePeriod sends a PING this often to keep NAT bindings open;
+	// 0 (the default) disables keep-alives.
+	KeepAlivePeriod Duration `yaml:"keep_alive_period"`
+
+	// EarlyData is the 0-RTT policy: "off" (default) or "safe" (early data
+	// accepted for safe methods only, forwarded with Early-Data: 1; an
+	// unsafe method in early data gets 425 Too Early).
+	EarlyData string `yaml:"early_data"`
+
+	// Retry is the address validation policy: "never", "always", or "auto"
+	// (the default): a Retry is sent while more than RetryAbove handshakes
+	// per second arrive.
+	Retry string `yaml:"retry"`
+
+	// RetryAbove is the handshakes-per-second threshold of Retry "auto".
+	// Default 1000.
+	RetryAbove int `yaml:"retry_above"`
+
+	// MaxHandshakesPerSecond bounds new QUIC connections per second; above
+	// it new ones are refused. Default 5000.
+	MaxHandshakesPerSecond int `yaml:"max_handshakes_per_second"`
+
+	// MaxConnsPerSource bounds concurrent QUIC connections from one source
+	// IP address. Default 100.
+	MaxConnsPerSource int `yaml:"max_conns_per_source"`
+
+	// KeyFile holds the stateless-reset key and the address-validation
+	// token key, so that resets and tokens keep working across restarts and
+	// across a fleet sharing the file. Generated, with a log message, when
+	// named but absent. Default: none (keys are random per process).
+	KeyFile string `yaml:"key_file"`
+}
+
+// AltSvcConfig configures the Alt-Svc advertisement of HTTP/3.
+type AltSvcConfig struct {
+	// Enabled advertises HTTP/3 on HTTP/1.1 and HTTP/2 responses while
+	// HTTP/3 is on. Routes may override it. Default true.
+	Enabled *bool `yaml:"enabled"`
+
+	// MaxAge is the ma= parameter: how long clients remember the
+	// alternative. Default 24h (86400 s), the RFC 7838 default: long enough
+	// that returning clients start on HTTP/3, short enough that turning
+	// HTTP/3 off takes effect within a day even for clients that never see
+	// Alt-Svc: clear.
+	MaxAge Duration `yaml:"max_age"`
+
+	// Port is the advertised UDP port, for when the public port differs
+	// from Listen's (a Kubernetes Service, a load balancer). Default:
+	// Listen's port.
+	Port int `yaml:"port"`
+}
+
+// LimitsConfig bounds what one downstream client may send.
+type LimitsConfig struct {
+	// MaxHeaderBytes bounds the request header block (request line and
+	// fields). Beyond it: 431. Default 64 KiB.
+	MaxHeaderBytes ByteSize `yaml:"max_header_bytes"`
+
+	// MaxHeaderCount bounds the number of request header fields. Beyond
+	// it: 431. Default 100.
+	MaxHeaderCount int `yaml:"max_header_count"`
+
+	// MaxRequestLine bounds an HTTP/1.1 request line. Beyond it: 414.
+	// Default 8 KiB.
+	MaxRequestLine ByteSize `yaml:"max_request_line"`
+
+	// HeaderTimeout bounds the time to receive a whole request header
+	// block; a slower client is closed. Default 10s.
+	HeaderTimeout Duration `yaml:"header_timeout"`
+
+	// IdleTimeout closes an HTTP/1.1 keep-alive or HTTP/2 connection with
+	// no request in flight. Default 120s.
+	IdleTimeout Duration `yaml:"idle_timeout"`
+
+	// MaxBodyBytes bounds a request body. Beyond it: 413. Default 0: no
+	// limit.
+	MaxBodyBytes ByteSize `yaml:"max_body_bytes"`
+
+	// MaxConcurrentStreams bounds concurrent streams per HTTP/2
+	// connection. Default 250.
+	MaxConcurrentStreams int `yaml:"max_concurrent_streams"`
+}
+
+// AdminConfig configures the admin endpoint (/healthz, /readyz).
+type AdminConfig struct {
+	// Listen is the admin address. Default "127.0.0.1:9901"; "off"
+	// disables the endpoint.
+	Listen string `yaml:"listen"`
+}
+
+// LogConfig configures logging.
+type LogConfig struct {
+	// Level is "debug", "info" (default), "warn" or "error".
+	Level string `yaml:"level"`
+
+	// Format is "auto" (default: text on a terminal, JSON otherwise),
+	// "text" or "json".
+	Format string `yaml:"format"`
+}
+
+// RouteConfig maps a host and path prefix to a cluster.
+type RouteConfig struct {
+	// Host is an exact host ("api.example.com"), a wildcard
+	// ("*.example.com", which matches one or more labels in front of
+	// example.com), or empty for any host. Matched without port, case
+	// insensitively.
+	Host string `yaml:"host"`
+
+	// PathPrefix matches the request path at a segment boundary: "/api"
+	// matches "/api" and "/api/x", not "/apix". Default "/".
+	PathPrefix string `yaml:"path_prefix"`
+
+	// Cluster names the cluster that serves the route. Required.
+	Cluster string `yaml:"cluster"`
+
+	// AltSvc overrides AltSvcConfig.Enabled for this route.
+	AltSvc *bool `yaml:"alt_svc"`
+}
+
+// ClusterConfig is a group of upstream servers.
+type ClusterConfig struct {
+	// Name identifies the cluster in routes, logs and metrics. Required,
+	// unique.
+	Name string `yaml:"name"`
+
+	// Servers are the upstream addresses, host:port. At least one.
+	Servers []string `yaml:"servers"`
+
+	// Protocol is the upstream protocol: "h1" (default; HTTP/1.1, over
+	// TLS when TLS.Enabled), "h2" (HTTP/2 over TLS), "h2c" (HTTP/2 over
+	// cleartext TCP, prior knowledge) or "h3" (HTTP/3 over QUIC).
+	Protocol string `yaml:"protocol"`
+
+	// Balancing is "round_robin" (default) or "least_request" (power of
+	// two choices).
+	Balancing string `yaml:"balancing"`
+
+	// TLS configures TLS to the upstream. h2 and h3 always use TLS.
+	TLS UpstreamTLSConfig `yaml:"tls"`
+
+	// ConnectTimeout bounds dialing (TCP connect, or the QUIC handshake)
+	// and the TLS handshake. Default 5s.
+	ConnectTimeout Duration `yaml:"connect_timeout"`
+
+	// ResponseHeaderTimeout bounds the wait for the response head after
+	// the request was sent. Default 30s.
+	ResponseHeaderTimeout Duration `yaml:"response_header_timeout"`
+
+	// Pool bounds the upstream connection pool.
+	Pool PoolConfig `yaml:"pool"`
+}
+
+// UpstreamTLSConfig configures TLS to upstream servers.
+type UpstreamTLSConfig struct {
+	// Enabled turns TLS on for protocol h1. Default false (h1), always true
+	// for h2 and h3, never for h2c.
+	Enabled bool `yaml:"enabled"`
+
+	// ServerName is the SNI and verified name. Default: the server's host.
+	ServerName string `yaml:"server_name"`
+
+	// CAFile is a PEM bundle of roots to verify the upstream with. Default:
+	// the system roots.
+	CAFile string `yaml:"ca_file"`
+
+	// InsecureSkipVerify disables certificate verification. Default false.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+}
+
+// PoolConfig bounds a cluster's upstream connection pool.
+type PoolConfig struct {
+	// MaxConns caps the conns per upstream server. Default 256.
+	MaxConns int `yaml:"max_conns"`
+	// MaxIdle caps the idle conns kept per upstream server. Default 64.
+	MaxIdle int `yaml:"max_idle"`
+	// IdleTimeout closes a conn idle for this long. Default 90s.
+	IdleTimeout Duration `yaml:"idle_timeout"`
+}
+
+// Duration is a time.Duration written in YAML as a Go duration string
+// ("1.5s", "30s", "2m").
+type Duration time.Duration
+
+// ByteSize is a size in bytes, written in YAML as an integer or with a unit
+// suffix: "512KiB", "64MiB", "1GiB" (also "KB", "MB", "GB" as powers of 1000).
+type ByteSize int64

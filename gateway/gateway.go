@@ -1,0 +1,274 @@
+// Package gateway is ProxyNow itself: the configuration, routing, upstream
+// clusters, the proxy that moves one exchange from a downstream stream to an
+// upstream conn and back, the Alt-Svc policy and the admin endpoint.
+//
+// It sees the protocols only through the transport package: cmd hands it the
+// upstream dialers (a DialerFactory) and feeds it the streams that the h1, h2
+// and h3 servers yield.
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/proxynow/proxynow/transport"
+)
+
+// DialerSpec describes the upstream transport of one cluster.
+type DialerSpec struct {
+	// Protocol is "h1", "h2", "h2c" or "h3".
+	Protocol string
+	// TLS is the client TLS config; nil for cleartext h1 and for h2c.
+	TLS                   *tls.Config
+	ConnectTimeout        time.Duration
+	ResponseHeaderTimeout time.Duration
+}
+
+// DialerFactory makes the Dialer for a cluster. cmd implements it with the h1,
+// h2 and h3 packages, which the gateway does not import.
+type DialerFactory func(DialerSpec) (transport.Dialer, error)
+
+// Options configure a Gateway.
+type Options struct {
+	// Config is the validated configuration (see ParseConfig). Required.
+	Config *Config
+	// Dialers makes upstream dialers. Required.
+	Dialers DialerFactory
+	// Logger receives the gateway's logs; nil discards them.
+	Logger *slog.Logger
+	// Drain reports whether a drain has begun (a *transport.Coordinator).
+	// Nil: never.
+	Drain interface{ Draining() bool }
+	// HTTP3Port is the UDP port HTTP/3 is served on, 0 when HTTP/3 is off.
+	// Alt-Svc advertises it unless the config names another port.
+	HTTP3Port int
+}
+
+// Gateway proxies the streams servers yield to upstream clusters. It is a
+// transport.Handler. Create it with New; stop it with Shutdown or Close, which
+// drain and close the upstream pools.
+type Gateway struct {
+	log     *slog.Logger
+	drain   interface{ Draining() bool }
+	dialers DialerFactory
+	state   atomic.Pointer[state]
+
+	panics atomic.Uint64 // panics recovered at the stream boundary
+}
+
+// state is everything derived from one Config. Requests load it once and use
+// it to the end, so a reload never changes a request midway.
+type state struct {
+	cfg      *Config
+	router   *router
+	clusters []*cluster
+	trusted  trustedProxies
+	altSvc   []string // the Alt-Svc value advertising HTTP/3; nil when off
+	maxBody  int64
+}
+
+// cluster is one compiled ClusterConfig.
+type cluster struct {
+	name      string
+	servers   []*upstreamServer
+	leastReq  bool
+	pool      *transport.Pool
+	rr        atomic.Uint64
+	protocol  string
+	configRef *ClusterConfig
+}
+
+type upstreamServer struct {
+	addr   string
+	active atomic.Int64 // requests in flight, for least_request
+}
+
+// New compiles opts.Config and returns a Gateway.
+func New(opts Options) (*Gateway, error) {
+	if opts.Config == nil || opts.Dialers == nil {
+		return nil, errors.New("gateway: Options.Config and Options.Dialers are required")
+	}
+	g := &Gateway{log: opts.Logger, drain: opts.Drain, dialers: opts.Dialers}
+	if g.log == nil {
+		g.log = slog.New(slog.DiscardHandler)
+	}
+	st, err := g.compile(opts.Config, opts.HTTP3Port)
+	if err != nil {
+		return nil, err
+	}
+	g.state.Store(st)
+	return g, nil
+}
+
+func (g *Gateway) compile(cfg *Config, h3Port int) (*state, error) {
+	st := &state{cfg: cfg, maxBody: int64(cfg.Limits.MaxBodyBytes)}
+	for _, s := range cfg.TrustedProxies {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return nil, fmt.Errorf("gateway: trusted_proxies: %q is neither a CIDR nor an address", s)
+			}
+			p = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
+		}
+		st.trusted = append(st.trusted, p.Masked())
+	}
+	if cfg.HTTP3Enabled() && h3Port > 0 {
+		port := h3Port
+		if cfg.AltSvc.Port > 0 {
+			port = cfg.AltSvc.Port
+		}
+		ma := int64(time.Duration(cfg.AltSvc.MaxAge) / time.Second)
+		st.altSvc = []string{`h3=":` + strconv.Itoa(port) + `"; ma=` + strconv.FormatInt(ma, 10)}
+	}
+	byName := make(map[string]*cluster, len(cfg.Clusters))
+	for i := range cfg.Clusters {
+		cc := &cfg.Clusters[i]
+		c, err := g.newCluster(cc)
+		if err != nil {
+			for _, c := range st.clusters {
+				c.pool.Close()
+			}
+			return nil, err
+		}
+		st.clusters = append(st.clusters, c)
+		byName[cc.Name] = c
+	}
+	var routes []*route
+	for _, rc := range cfg.Routes {
+		c := byName[rc.Cluster]
+		if c == nil {
+			return nil, fmt.Errorf("gateway: route %s%s: unknown cluster %q", rc.Host, rc.PathPrefix, rc.Cluster)
+		}
+		alt := cfg.AltSvcEnabled()
+		if rc.AltSvc != nil {
+			alt = *rc.AltSvc
+		}
+		prefix := rc.PathPrefix
+		if prefix == "" {
+			prefix = "/"
+		}
+		routes = append(routes, &route{host: rc.Host, prefix: prefix, cluster: c, altSvc: alt && st.altSvc != nil, name: rc.Host + prefix})
+	}
+	st.router = newRouter(routes)
+	return st, nil
+}
+
+func (g *Gateway) newCluster(cc *ClusterConfig) (*cluster, error) {
+	spec := DialerSpec{
+		Protocol:              cc.Protocol,
+		ConnectTimeout:        time.Duration(cc.ConnectTimeout),
+		ResponseHeaderTimeout: time.Duration(cc.ResponseHeaderTimeout),
+	}
+	if cc.Protocol == "h2" || cc.Protocol == "h3" || (cc.Protocol == "h1" && cc.TLS.Enabled) {
+		tc := &tls.Config{ServerName: cc.TLS.ServerName, InsecureSkipVerify: cc.TLS.InsecureSkipVerify}
+		if cc.TLS.CAFile != "" {
+			pem, err := os.ReadFile(cc.TLS.CAFile)
+			if err != nil {
+				return nil, fmt.Errorf("gateway: cluster %s: tls.ca_file: %w", cc.Name, err)
+			}
+			tc.RootCAs = x509.NewCertPool()
+			if !tc.RootCAs.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("gateway: cluster %s: tls.ca_file %s: no PEM certificates", cc.Name, cc.TLS.CAFile)
+			}
+		}
+		spec.TLS = tc
+	}
+	d, err := g.dialers(spec)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: cluster %s: %w", cc.Name, err)
+	}
+	c := &cluster{
+		name:      cc.Name,
+		leastReq:  cc.Balancing == "least_request",
+		protocol:  cc.Protocol,
+		configRef: cc,
+		pool: transport.NewPool(d, transport.PoolConfig{
+			MaxConnsPerUpstream: cc.Pool.MaxConns,
+			MaxIdlePerUpstream:  cc.Pool.MaxIdle,
+			IdleTimeout:         time.Duration(cc.Pool.IdleTimeout),
+		}),
+	}
+	for _, s := range cc.Servers {
+		c.servers = append(c.servers, &upstreamServer{addr: s})
+	}
+	return c, nil
+}
+
+// pick chooses an upstream server: round robin, or the less loaded of two
+// random ones (power of two choices).
+func (c *cluster) pick() *upstreamServer {
+	n := len(c.servers)
+	if n == 1 {
+		return c.servers[0]
+	}
+	if !c.leastReq {
+		return c.servers[(c.rr.Add(1)-1)%uint64(n)]
+	}
+	i := rand.IntN(n)
+	j := rand.IntN(n - 1)
+	if j >= i {
+		j++
+	}
+	a, b := c.servers[i], c.servers[j]
+	if b.active.Load() < a.active.Load() {
+		return b
+	}
+	return a
+}
+
+// Draining reports whether a drain has begun.
+func (g *Gateway) Draining() bool { return g.drain != nil && g.drain.Draining() }
+
+// Panics returns the number of panics recovered while serving streams.
+func (g *Gateway) Panics() uint64 { return g.panics.Load() }
+
+// Shutdown drains the upstream pools: streams in flight finish unless ctx
+// ends first. It implements transport.Shutdowner with Close.
+func (g *Gateway) Shutdown(ctx context.Context) error {
+	var errs []error
+	for _, c := range g.state.Load().clusters {
+		errs = append(errs, c.pool.Shutdown(ctx))
+	}
+	return errors.Join(errs...)
+}
+
+// Close closes the upstream pools at once.
+func (g *Gateway) Close() error {
+	for _, c := range g.state.Load().clusters {
+		c.pool.Close()
+	}
+	return nil
+}
+
+// PoolStats returns the upstream pool counters of a cluster, for tests and the
+// admin endpoint.
+func (g *Gateway) PoolStats(cluster string) (transport.PoolStats, bool) {
+	for _, c := range g.state.Load().clusters {
+		if c.name == cluster {
+			return c.pool.Stats(), true
+		}
+	}
+	return transport.PoolStats{}, false
+}
+
+// listenPort returns the port of a listen address, 0 if none.
+func listenPort(addr string) int {
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(p)
+	return n
+}
