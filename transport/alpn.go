@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -21,6 +22,8 @@ type TLSListener struct {
 	mu     sync.Mutex // guards subs
 	subs   map[string]*subListener
 	closed chan struct{}
+	ctx    context.Context // parent of the handshakes; cancelled by Close
+	cancel context.CancelFunc
 	once   sync.Once
 	wg     sync.WaitGroup // handshakes in progress
 }
@@ -31,10 +34,12 @@ func NewTLSListener(ln net.Listener, config *tls.Config, handshakeTimeout time.D
 	if handshakeTimeout <= 0 {
 		handshakeTimeout = 10 * time.Second
 	}
-	return &TLSListener{
+	l := &TLSListener{
 		ln: ln, config: config, handshakeTimeout: handshakeTimeout,
 		subs: make(map[string]*subListener), closed: make(chan struct{}),
 	}
+	l.ctx, l.cancel = context.WithCancel(context.Background())
+	return l
 }
 
 // Listener returns the sub-listener for ALPN protocol proto. The empty proto
@@ -55,8 +60,11 @@ func (l *TLSListener) Listener(proto string) net.Listener {
 func (l *TLSListener) Addr() net.Addr { return l.ln.Addr() }
 
 // Run accepts conns until Close. It returns the accept error that stopped it,
-// or nil after Close.
+// or nil after Close. Running out of file descriptors or buffers does not stop
+// it: like net/http's Server.Serve it backs off (5ms doubling up to 1s) and
+// accepts again, so a burst of connections cannot take the listener down.
 func (l *TLSListener) Run() error {
+	var delay time.Duration
 	for {
 		c, err := l.ln.Accept()
 		if err != nil {
@@ -66,24 +74,43 @@ func (l *TLSListener) Run() error {
 				return nil
 			default:
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(5 * time.Millisecond)
+			if retryableAccept(err) {
+				delay = max(5*time.Millisecond, min(2*delay, time.Second))
+				t := time.NewTimer(delay)
+				select {
+				case <-t.C:
+				case <-l.closed:
+					t.Stop()
+				}
 				continue
 			}
 			l.Close()
 			l.wg.Wait()
 			return err
 		}
+		delay = 0
 		l.wg.Add(1)
 		go l.handshake(c)
 	}
 }
 
+// retryableAccept reports whether an accept error is transient: a timeout, or
+// a resource the kernel may have again shortly.
+func retryableAccept(err error) bool {
+	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+		return true
+	}
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM) ||
+		errors.Is(err, syscall.ECONNABORTED)
+}
+
 func (l *TLSListener) handshake(c net.Conn) {
 	defer l.wg.Done()
 	tc := tls.Server(c, l.config)
-	ctx, cancel := context.WithTimeout(context.Background(), l.handshakeTimeout)
+	// Derived from l.ctx so that Close aborts handshakes in progress: Run
+	// then returns at once rather than after the handshake timeout.
+	ctx, cancel := context.WithTimeout(l.ctx, l.handshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
 	if err != nil {
@@ -114,6 +141,7 @@ func (l *TLSListener) Close() error {
 	var err error
 	l.once.Do(func() {
 		close(l.closed)
+		l.cancel()
 		err = l.ln.Close()
 	})
 	return err
@@ -125,6 +153,13 @@ type subListener struct {
 }
 
 func (s *subListener) Accept() (net.Conn, error) {
+	// After Close, report it even when a handshaken conn is ready too
+	// (select would pick at random).
+	select {
+	case <-s.parent.closed:
+		return nil, net.ErrClosed
+	default:
+	}
 	select {
 	case c := <-s.conns:
 		return c, nil

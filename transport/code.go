@@ -73,6 +73,15 @@ func (c Code) String() string {
 	return "unknown"
 }
 
+// valid maps the codes that must not describe an error (CodeNone and codes
+// beyond the table) to CodeInternal.
+func (c Code) valid() Code {
+	if c == CodeNone || c >= numCodes {
+		return CodeInternal
+	}
+	return c
+}
+
 // Err returns the preallocated *Error for c. It allocates nothing, so it is
 // what the request path returns. Err of CodeNone is nil.
 func (c Code) Err() error {
@@ -125,24 +134,32 @@ func (e *Error) Error() string {
 // Is reports whether target is an *Error with the same Code.
 func (e *Error) Is(target error) bool {
 	t, ok := target.(*Error)
-	return ok && t.Code == e.Code
+	return ok && e != nil && t != nil && t.Code == e.Code
 }
 
 // Unwrap returns the cause.
-func (e *Error) Unwrap() error { return e.Err }
+func (e *Error) Unwrap() error {
+	if e == nil {
+		return nil
+	}
+	return e.Err
+}
 
 // CodeOf returns the Code carried by err. An error that carries none maps to
 // CodeClientCancelled when it is a context cancellation, CodeResponseTimeout
 // when it is a deadline, and CodeInternal otherwise. CodeOf(nil) is CodeNone.
+// The result is always below NumCodes, and CodeNone only for nil: an *Error
+// whose Code is CodeNone or out of range maps to CodeInternal, so tables
+// indexed by Code can be indexed without a check.
 func CodeOf(err error) Code {
 	if err == nil {
 		return CodeNone
 	}
-	if e, ok := err.(*Error); ok { // fast path: no reflection
-		return e.Code
+	if e, ok := err.(*Error); ok && e != nil { // fast path: no reflection
+		return e.Code.valid()
 	}
-	if e, ok := errors.AsType[*Error](err); ok {
-		return e.Code
+	if e, ok := errors.AsType[*Error](err); ok && e != nil {
+		return e.Code.valid()
 	}
 	switch {
 	case errors.Is(err, context.Canceled):

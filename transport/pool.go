@@ -73,9 +73,10 @@ type Pool struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // dials and the reaper
 
-	mu        sync.RWMutex // guards upstreams and closed
+	mu        sync.RWMutex // guards upstreams, closed and detached
 	upstreams map[string]*upstream
 	closed    bool
+	detached  []*pconn // conns taken out by Shutdown, for Close to abort
 
 	dials, dialFailures, gets, reused, waits, reaped atomic.Uint64
 	open                                             atomic.Int64
@@ -103,6 +104,9 @@ type upstream struct {
 	// multiplexed is learned from the first conn: a conn with more than one
 	// slot serves a burst alone, so the pool dials one at a time.
 	multiplexed, learned bool
+	// closed is set once the pool has detached this upstream: a caller
+	// that looked it up just before must not queue on it or dial for it.
+	closed bool
 }
 
 // pconn is a Conn as the pool tracks it. Get returns it; Put takes it back.
@@ -135,8 +139,14 @@ func (p *Pool) Get(ctx context.Context, addr string) (Conn, error) {
 		return nil, err
 	}
 	up.mu.Lock()
-	if pc := up.takeLocked(); pc != nil {
+	if up.closed {
 		up.mu.Unlock()
+		return nil, errPoolClosed
+	}
+	pc, broken := up.takeLocked()
+	if pc != nil {
+		up.mu.Unlock()
+		closeAll(broken)
 		p.gets.Add(1)
 		p.reused.Add(1)
 		return pc, nil
@@ -145,6 +155,7 @@ func (p *Pool) Get(ctx context.Context, addr string) (Conn, error) {
 	up.waiters = append(up.waiters, w)
 	p.maybeDialLocked(up)
 	up.mu.Unlock()
+	closeAll(broken)
 	p.waits.Add(1)
 
 	select {
@@ -172,8 +183,9 @@ func (p *Pool) Get(ctx context.Context, addr string) (Conn, error) {
 }
 
 // Put takes back a conn from Get once its reserved slot has been used or
-// released. A broken conn is closed and forgotten; an idle one beyond the idle
-// cap is closed.
+// released. A broken conn is no longer handed out and is closed once no stream
+// is in flight on it (a multiplexed conn that received GOAWAY still finishes
+// the streams it has); an idle one beyond the idle cap is closed.
 func (p *Pool) Put(c Conn) {
 	pc, ok := c.(*pconn)
 	if !ok {
@@ -182,11 +194,21 @@ func (p *Pool) Put(c Conn) {
 	up := pc.up
 	var closeConns []*pconn
 	up.mu.Lock()
+	if _, ok := up.conns[pc]; !ok {
+		// Dropped already, or detached by Shutdown or Close, which own
+		// its closing now.
+		up.mu.Unlock()
+		return
+	}
 	if pc.Err() != nil {
-		closeConns = append(closeConns, up.dropLocked(pc))
+		if pc.Idle() {
+			closeConns = append(closeConns, up.dropLocked(pc))
+		} else {
+			up.unstackLocked(pc)
+		}
 		p.maybeDialLocked(up)
 	} else {
-		up.serveWaitersLocked(pc, p)
+		up.serveWaitersLocked(pc, p, true)
 		if !pc.onStack && pc.Available() > 0 {
 			up.avail = append(up.avail, pc)
 			pc.onStack = true
@@ -197,7 +219,12 @@ func (p *Pool) Put(c Conn) {
 		}
 	}
 	up.mu.Unlock()
-	for _, c := range closeConns {
+	closeAll(closeConns)
+}
+
+// closeAll closes the conns the pool has dropped, outside any lock.
+func closeAll(conns []*pconn) {
+	for _, c := range conns {
 		if c != nil {
 			c.Close()
 		}
@@ -226,19 +253,30 @@ func (p *Pool) upstream(addr string) (*upstream, error) {
 	return up, nil
 }
 
-// takeLocked reserves a slot on the most recently used conn that has one.
-func (up *upstream) takeLocked() *pconn {
+// takeLocked reserves a slot on the most recently used conn that has one. It
+// also returns the broken idle conns it met on the way, dropped, for the caller
+// to close outside the lock: left open they would count against
+// MaxConnsPerUpstream until the reaper found them.
+func (up *upstream) takeLocked() (pc *pconn, broken []*pconn) {
 	for n := len(up.avail); n > 0; n = len(up.avail) {
 		pc := up.avail[n-1]
+		if pc.Err() != nil {
+			up.popLocked()
+			if pc.Idle() {
+				broken = append(broken, up.dropLocked(pc))
+			}
+			continue
+		}
 		if pc.Reserve() {
 			if pc.Available() == 0 {
 				up.popLocked()
 			}
-			return pc
+			pc.idleSince = time.Time{}
+			return pc, broken
 		}
 		up.popLocked()
 	}
-	return nil
+	return nil, broken
 }
 
 func (up *upstream) popLocked() {
@@ -249,7 +287,8 @@ func (up *upstream) popLocked() {
 }
 
 // serveWaitersLocked hands slots of pc to waiting callers, oldest first.
-func (up *upstream) serveWaitersLocked(pc *pconn, p *Pool) {
+// reused says whether pc was open before (a fresh conn is not a reuse).
+func (up *upstream) serveWaitersLocked(pc *pconn, p *Pool, reused bool) {
 	for len(up.waiters) > 0 {
 		w := up.waiters[0]
 		if w.abandoned {
@@ -260,7 +299,10 @@ func (up *upstream) serveWaitersLocked(pc *pconn, p *Pool) {
 			return
 		}
 		up.shiftWaiterLocked()
-		p.reused.Add(1)
+		pc.idleSince = time.Time{}
+		if reused {
+			p.reused.Add(1)
+		}
 		w.ch <- getResult{pc: pc}
 	}
 }
@@ -290,16 +332,25 @@ func (up *upstream) dropLocked(pc *pconn) *pconn {
 	}
 	delete(up.conns, pc)
 	up.pool.open.Add(-1)
-	if pc.onStack {
-		for i, c := range up.avail {
-			if c == pc {
-				up.avail = append(up.avail[:i], up.avail[i+1:]...)
-				break
-			}
-		}
-		pc.onStack = false
-	}
+	up.unstackLocked(pc)
 	return pc
+}
+
+// unstackLocked takes pc off the stack of conns with a free slot.
+func (up *upstream) unstackLocked(pc *pconn) {
+	if !pc.onStack {
+		return
+	}
+	for i, c := range up.avail {
+		if c == pc {
+			n := len(up.avail) - 1
+			copy(up.avail[i:], up.avail[i+1:])
+			up.avail[n] = nil
+			up.avail = up.avail[:n]
+			break
+		}
+	}
+	pc.onStack = false
 }
 
 // trimIdleLocked closes the least recently used idle conns beyond max.
@@ -313,6 +364,7 @@ func (up *upstream) trimIdleLocked(max int, out []*pconn) []*pconn {
 	for i := 0; idle > max && i < len(up.avail); {
 		if c := up.avail[i]; c.Idle() {
 			out = append(out, up.dropLocked(c))
+			up.pool.reaped.Add(1)
 			idle--
 			continue
 		}
@@ -325,6 +377,9 @@ func (up *upstream) trimIdleLocked(max int, out []*pconn) []*pconn {
 // multiplexed upstream (or one not yet known) gets one dial at a time; an
 // HTTP/1.1 one a dial per waiting caller, up to MaxPendingDials.
 func (p *Pool) maybeDialLocked(up *upstream) {
+	if up.closed {
+		return
+	}
 	want := up.liveWaitersLocked()
 	if want == 0 {
 		return
@@ -364,22 +419,19 @@ func (p *Pool) dial(up *upstream) {
 		up.mu.Unlock()
 		return
 	}
-	pc := &pconn{Conn: c, up: up}
-	p.mu.RLock()
-	closed := p.closed
-	p.mu.RUnlock()
-	if closed {
+	if up.closed {
 		up.mu.Unlock()
 		c.Close()
 		return
 	}
+	pc := &pconn{Conn: c, up: up}
 	p.open.Add(1)
 	up.conns[pc] = struct{}{}
 	if !up.learned {
 		up.learned = true
 		up.multiplexed = c.Available() > 1
 	}
-	up.serveWaitersLocked(pc, p)
+	up.serveWaitersLocked(pc, p, false)
 	if pc.Available() > 0 {
 		up.avail = append(up.avail, pc)
 		pc.onStack = true
@@ -431,11 +483,7 @@ func (p *Pool) reap(now time.Time) {
 		}
 		up.mu.Unlock()
 	}
-	for _, c := range closeConns {
-		if c != nil {
-			c.Close()
-		}
-	}
+	closeAll(closeConns)
 }
 
 // Stats returns the pool's counters.
@@ -451,6 +499,9 @@ func (p *Pool) Stats() PoolStats {
 // in which case the rest are closed. It returns ctx's error in that case.
 func (p *Pool) Shutdown(ctx context.Context) error {
 	conns := p.detach()
+	// Dials in flight can only yield conns that would be closed at once:
+	// cancel them rather than let a slow connect outlast ctx.
+	p.cancel()
 	var wg sync.WaitGroup
 	errc := make(chan error, 1)
 	for _, c := range conns {
@@ -464,7 +515,6 @@ func (p *Pool) Shutdown(ctx context.Context) error {
 		})
 	}
 	wg.Wait()
-	p.cancel()
 	p.wg.Wait()
 	select {
 	case err := <-errc:
@@ -474,18 +524,22 @@ func (p *Pool) Shutdown(ctx context.Context) error {
 	}
 }
 
-// Close closes every conn at once and waits for the pool's goroutines.
+// Close closes every conn at once, also those a Shutdown in progress still
+// waits for, and waits for the pool's goroutines.
 func (p *Pool) Close() error {
-	conns := p.detach()
+	p.detach()
 	p.cancel()
-	for _, c := range conns {
-		c.Close()
-	}
+	p.mu.Lock()
+	conns := p.detached
+	p.detached = nil
+	p.mu.Unlock()
+	closeAll(conns)
 	p.wg.Wait()
 	return nil
 }
 
-// detach marks the pool closed, fails waiters and returns all conns.
+// detach marks the pool closed, fails waiters and returns the conns it took
+// out, which it also records in p.detached.
 func (p *Pool) detach() []*pconn {
 	p.mu.Lock()
 	p.closed = true
@@ -495,6 +549,7 @@ func (p *Pool) detach() []*pconn {
 	var conns []*pconn
 	for _, up := range ups {
 		up.mu.Lock()
+		up.closed = true
 		for pc := range up.conns {
 			conns = append(conns, pc)
 		}
@@ -508,6 +563,11 @@ func (p *Pool) detach() []*pconn {
 		}
 		up.waiters = nil
 		up.mu.Unlock()
+	}
+	if len(conns) > 0 {
+		p.mu.Lock()
+		p.detached = append(p.detached, conns...)
+		p.mu.Unlock()
 	}
 	return conns
 }
