@@ -45,6 +45,7 @@ type testUpstream struct {
 	proto    string // h1, h2, h2c, h3
 	conns    atomic.Int64
 	requests atomic.Int64
+	aborted  atomic.Int64 // requests whose body read or response write failed: cancelled
 	certFile string // PEM of its certificate, for TLS upstreams
 	close    func()
 }
@@ -55,7 +56,11 @@ func upstreamHandler(u *testUpstream) http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		u.requests.Add(1)
 		h := sha256.New()
-		n, _ := io.Copy(h, r.Body)
+		n, err := io.Copy(h, r.Body)
+		if err != nil {
+			u.aborted.Add(1)
+			return
+		}
 		rep := echoReply{
 			Method: r.Method, URI: r.RequestURI, Host: r.Host, Proto: r.Proto,
 			Header: r.Header, Trailer: r.Trailer, BodyLen: n,
@@ -119,6 +124,7 @@ func upstreamHandler(u *testUpstream) http.Handler {
 			src.Read(buf[:m])
 			h.Write(buf[:m])
 			if _, err := w.Write(buf[:m]); err != nil {
+				u.aborted.Add(1)
 				return
 			}
 			n -= m
@@ -131,6 +137,7 @@ func upstreamHandler(u *testUpstream) http.Handler {
 		select {
 		case <-time.After(d):
 		case <-r.Context().Done():
+			u.aborted.Add(1)
 			return
 		}
 		io.WriteString(w, "slow done\n")
