@@ -46,7 +46,7 @@ type testUpstream struct {
 	conns    atomic.Int64
 	requests atomic.Int64
 	aborted  atomic.Int64 // requests whose body read or response write failed: cancelled
-	certFile string // PEM of its certificate, for TLS upstreams
+	certFile string       // PEM of its certificate, for TLS upstreams
 	close    func()
 }
 
