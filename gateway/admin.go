@@ -1,34 +1,82 @@
 package gateway
 
 import (
+	"encoding/json"
 	"log/slog"
 	"net/http"
 )
 
 const levelDebug = slog.LevelDebug
 
-// AdminHandler returns the admin endpoint's handler: /healthz answers 200 while
-// the process runs; /readyz answers 200 while the gateway takes traffic and 503
-// once a drain has begun, so a load balancer stops sending at once.
-func (g *Gateway) AdminHandler() http.Handler {
+// AdminHooks are the process-level actions the admin endpoint triggers; cmd
+// provides them. A nil hook disables its endpoint (405).
+type AdminHooks struct {
+	// Drain starts a drain, as SIGTERM does. It returns at once.
+	Drain func()
+	// Reload re-reads the config file, as SIGHUP does, and returns the
+	// error that kept the old config (with file, line and field) or nil.
+	Reload func() error
+	// Phase returns the drain phase ("serving", "not_ready", ...) and the
+	// streams cut so far.
+	Phase func() (phase string, cut int64)
+}
+
+// AdminHandler returns the admin endpoint's handler:
+//
+//	GET  /healthz  200 while the process runs
+//	GET  /readyz   200 while taking traffic, 503 once a drain has begun
+//	GET  /status   JSON: config file, hash, reloads, in-flight streams, drain phase
+//	POST /reload   re-read the config file: 200 with the new hash, or 400 with the error
+//	POST /drain    begin a graceful drain: 202
+func (g *Gateway) AdminHandler(hooks AdminHooks) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	text := func(w http.ResponseWriter, code int, s string) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.Write([]byte("ok\n"))
+		w.WriteHeader(code)
+		w.Write([]byte(s + "\n"))
+	}
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		text(w, http.StatusOK, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if g.Draining() {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			w.Write([]byte("draining\n"))
+			text(w, http.StatusServiceUnavailable, "draining")
 			return
 		}
-		w.Write([]byte("ready\n"))
+		text(w, http.StatusOK, "ready")
 	})
-	mux.HandleFunc("GET /config", func(w http.ResponseWriter, r *http.Request) {
-		st := g.state.Load()
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.Write([]byte("file: " + st.cfg.File + "\nhash: " + st.cfg.Hash() + "\n"))
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		st := struct {
+			Status
+			Phase      string `json:"drain_phase"`
+			StreamsCut int64  `json:"streams_cut"`
+		}{Status: g.Status(), Phase: "serving"}
+		if hooks.Phase != nil {
+			st.Phase, st.StreamsCut = hooks.Phase()
+		}
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(st)
+	})
+	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, r *http.Request) {
+		if hooks.Reload == nil {
+			text(w, http.StatusMethodNotAllowed, "reload is not available: the gateway runs the embedded default")
+			return
+		}
+		if err := hooks.Reload(); err != nil {
+			text(w, http.StatusBadRequest, "reload failed, the previous config keeps serving:\n"+err.Error())
+			return
+		}
+		text(w, http.StatusOK, "reloaded "+g.Config().File+" hash "+g.Config().Hash())
+	})
+	mux.HandleFunc("POST /drain", func(w http.ResponseWriter, r *http.Request) {
+		if hooks.Drain == nil {
+			text(w, http.StatusMethodNotAllowed, "drain is not available")
+			return
+		}
+		hooks.Drain()
+		text(w, http.StatusAccepted, "draining")
 	})
 	return mux
 }

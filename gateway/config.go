@@ -35,6 +35,11 @@ type Config struct {
 	// long to finish before they are cut. Default 30s.
 	DrainTimeout Duration `yaml:"drain_timeout"`
 
+	// ShutdownDelay keeps the gateway accepting for this long after a drain
+	// began and /readyz turned 503, for load balancers that poll readiness
+	// slowly. Default 0.
+	ShutdownDelay Duration `yaml:"shutdown_delay"`
+
 	// Admin configures the admin HTTP endpoint.
 	Admin AdminConfig `yaml:"admin"`
 

@@ -976,6 +976,7 @@ func (v *validator) validate(c *Config) {
 	}
 
 	v.duration("drain_timeout", c.DrainTimeout)
+	v.duration("shutdown_delay", c.ShutdownDelay)
 
 	if c.Admin.Listen != "off" {
 		if err := checkHostPort(c.Admin.Listen, false, true, `host:port or "off"`); err != nil {

@@ -147,6 +147,7 @@ func TestParseConfigFullExample(t *testing.T) {
 	})
 	check("TrustedProxies", c.TrustedProxies, []string{"10.0.0.0/8", "192.168.0.0/16", "fd00::/8", "203.0.113.7"})
 	check("DrainTimeout", c.DrainTimeout.D(), 30*time.Second)
+	check("ShutdownDelay", c.ShutdownDelay.D(), 5*time.Second)
 	check("Admin.Listen", c.Admin.Listen, "127.0.0.1:9901")
 	check("Log", c.Log, LogConfig{Level: "info", Format: "json"})
 	check("Routes", c.Routes, []RouteConfig{

@@ -15,10 +15,12 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"net/netip"
 	"os"
+	"reflect"
+	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -62,9 +64,17 @@ type Gateway struct {
 	log     *slog.Logger
 	drain   interface{ Draining() bool }
 	dialers DialerFactory
+	h3Port  int
 	state   atomic.Pointer[state]
 
-	panics atomic.Uint64 // panics recovered at the stream boundary
+	active  atomic.Int64  // streams being served, across configs
+	panics  atomic.Uint64 // panics recovered at the stream boundary
+	reloads atomic.Uint64 // successful reloads
+
+	mu       sync.Mutex     // serialises Reload
+	closing  chan struct{}  // closed by Close: retiring pools close at once
+	closeOne sync.Once      // closes closing
+	retiring sync.WaitGroup // goroutines draining the pools of replaced configs
 }
 
 // state is everything derived from one Config. Requests load it once and use
@@ -76,6 +86,43 @@ type state struct {
 	trusted  trustedProxies
 	altSvc   []string // the Alt-Svc value advertising HTTP/3; nil when off
 	maxBody  int64
+	loadedAt time.Time
+
+	// refs counts the requests using this state; once a reload retired it
+	// and refs reaches zero, idle is closed and the pools of clusters the
+	// new config dropped are drained.
+	refs     atomic.Int64
+	retired  atomic.Bool
+	idle     chan struct{}
+	idleOnce sync.Once
+}
+
+// acquire returns the current state, counted as in use until release. A
+// state retired between the load and the count is not used: the loop takes
+// the new one, so a retired state's count only falls.
+func (g *Gateway) acquire() *state {
+	for {
+		st := g.state.Load()
+		st.refs.Add(1)
+		if !st.retired.Load() {
+			return st
+		}
+		st.release()
+	}
+}
+
+func (st *state) release() {
+	if st.refs.Add(-1) == 0 && st.retired.Load() {
+		st.idleOnce.Do(func() { close(st.idle) })
+	}
+}
+
+// retire marks st replaced; idle closes once its last request ends.
+func (st *state) retire() {
+	st.retired.Store(true)
+	if st.refs.Load() == 0 {
+		st.idleOnce.Do(func() { close(st.idle) })
+	}
 }
 
 // cluster is one compiled ClusterConfig.
@@ -99,11 +146,11 @@ func New(opts Options) (*Gateway, error) {
 	if opts.Config == nil || opts.Dialers == nil {
 		return nil, errors.New("gateway: Options.Config and Options.Dialers are required")
 	}
-	g := &Gateway{log: opts.Logger, drain: opts.Drain, dialers: opts.Dialers}
+	g := &Gateway{log: opts.Logger, drain: opts.Drain, dialers: opts.Dialers, h3Port: opts.HTTP3Port, closing: make(chan struct{})}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}
-	st, err := g.compile(opts.Config, opts.HTTP3Port)
+	st, err := g.compile(opts.Config, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -111,8 +158,11 @@ func New(opts Options) (*Gateway, error) {
 	return g, nil
 }
 
-func (g *Gateway) compile(cfg *Config, h3Port int) (*state, error) {
-	st := &state{cfg: cfg, maxBody: int64(cfg.Limits.MaxBodyBytes)}
+// compile builds the state of cfg. Clusters whose config is unchanged from
+// old are reused with their pools, so a reload keeps warm upstream conns.
+func (g *Gateway) compile(cfg *Config, old *state) (*state, error) {
+	st := &state{cfg: cfg, maxBody: int64(cfg.Limits.MaxBodyBytes), loadedAt: time.Now(), idle: make(chan struct{})}
+	h3Port := g.h3Port
 	for _, s := range cfg.TrustedProxies {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
@@ -133,14 +183,19 @@ func (g *Gateway) compile(cfg *Config, h3Port int) (*state, error) {
 		st.altSvc = []string{`h3=":` + strconv.Itoa(port) + `"; ma=` + strconv.FormatInt(ma, 10)}
 	}
 	byName := make(map[string]*cluster, len(cfg.Clusters))
+	var created []*cluster
 	for i := range cfg.Clusters {
 		cc := &cfg.Clusters[i]
-		c, err := g.newCluster(cc)
-		if err != nil {
-			for _, c := range st.clusters {
-				c.pool.Close()
+		c := old.cluster(cc)
+		if c == nil {
+			var err error
+			if c, err = g.newCluster(cc); err != nil {
+				for _, c := range created {
+					c.pool.Close()
+				}
+				return nil, err
 			}
-			return nil, err
+			created = append(created, c)
 		}
 		st.clusters = append(st.clusters, c)
 		byName[cc.Name] = c
@@ -206,6 +261,98 @@ func (g *Gateway) newCluster(cc *ClusterConfig) (*cluster, error) {
 	return c, nil
 }
 
+// cluster returns the cluster of st whose config equals cc, or nil.
+func (st *state) cluster(cc *ClusterConfig) *cluster {
+	if st == nil {
+		return nil
+	}
+	for _, c := range st.clusters {
+		if reflect.DeepEqual(c.configRef, cc) {
+			return c
+		}
+	}
+	return nil
+}
+
+// Reload switches to cfg (already validated by ParseConfig or LoadConfig);
+// h3Port is the UDP port HTTP/3 is now served on (0 when off), for Alt-Svc.
+// Requests in flight finish on the config they started with; new requests
+// use cfg. Clusters whose settings did not change keep their pools; the pools
+// of removed or changed clusters drain once the last request of the old
+// config has ended, bounded by the new drain timeout, and close. On error the
+// old config keeps serving.
+func (g *Gateway) Reload(cfg *Config, h3Port int) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	old := g.state.Load()
+	prevPort := g.h3Port
+	g.h3Port = h3Port
+	st, err := g.compile(cfg, old)
+	if err != nil {
+		g.h3Port = prevPort
+		return err
+	}
+	g.state.Store(st)
+	g.reloads.Add(1)
+	old.retire()
+	var dropped []*cluster
+	for _, c := range old.clusters {
+		if !slices.Contains(st.clusters, c) {
+			dropped = append(dropped, c)
+		}
+	}
+	timeout := time.Duration(cfg.DrainTimeout)
+	g.retiring.Go(func() {
+		select {
+		case <-old.idle:
+		case <-g.closing:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		go func() {
+			select {
+			case <-g.closing:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		for _, c := range dropped {
+			if err := c.pool.Shutdown(ctx); err != nil {
+				c.pool.Close()
+			}
+		}
+	})
+	g.log.Info("config reloaded", "file", cfg.File, "hash", cfg.Hash()[:12],
+		"clusters", len(st.clusters), "clusters_replaced", len(dropped), "routes", len(cfg.Routes))
+	return nil
+}
+
+// Status is a snapshot of the gateway for the admin endpoint.
+type Status struct {
+	ConfigFile string    `json:"config_file"`
+	ConfigHash string    `json:"config_hash"`
+	LoadedAt   time.Time `json:"loaded_at"`
+	Reloads    uint64    `json:"reloads"`
+	InFlight   int64     `json:"in_flight"`
+	Draining   bool      `json:"draining"`
+	Panics     uint64    `json:"panics_recovered"`
+}
+
+// Status returns the gateway's status.
+func (g *Gateway) Status() Status {
+	st := g.state.Load()
+	return Status{
+		ConfigFile: st.cfg.File, ConfigHash: st.cfg.Hash(), LoadedAt: st.loadedAt,
+		Reloads: g.reloads.Load(), InFlight: g.active.Load(), Draining: g.Draining(), Panics: g.panics.Load(),
+	}
+}
+
+// InFlight returns the number of streams being served.
+func (g *Gateway) InFlight() int64 { return g.active.Load() }
+
+// Config returns the config in force.
+func (g *Gateway) Config() *Config { return g.state.Load().cfg }
+
 // pick chooses an upstream server: round robin, or the less loaded of two
 // random ones (power of two choices).
 func (c *cluster) pick() *upstreamServer {
@@ -241,14 +388,23 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	for _, c := range g.state.Load().clusters {
 		errs = append(errs, c.pool.Shutdown(ctx))
 	}
+	done := make(chan struct{})
+	go func() { g.retiring.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		errs = append(errs, ctx.Err())
+	}
 	return errors.Join(errs...)
 }
 
-// Close closes the upstream pools at once.
+// Close closes the upstream pools at once, those of replaced configs too.
 func (g *Gateway) Close() error {
+	g.closeOne.Do(func() { close(g.closing) })
 	for _, c := range g.state.Load().clusters {
 		c.pool.Close()
 	}
+	g.retiring.Wait()
 	return nil
 }
 
@@ -261,14 +417,4 @@ func (g *Gateway) PoolStats(cluster string) (transport.PoolStats, bool) {
 		}
 	}
 	return transport.PoolStats{}, false
-}
-
-// listenPort returns the port of a listen address, 0 if none.
-func listenPort(addr string) int {
-	_, p, err := net.SplitHostPort(addr)
-	if err != nil {
-		return 0
-	}
-	n, _ := strconv.Atoi(p)
-	return n
 }

@@ -39,9 +39,13 @@ func (g *Gateway) ServeStream(s transport.ServerStream) {
 			s.Reset(transport.CodeInternal)
 		}
 	}()
+	g.active.Add(1)
+	defer g.active.Add(-1)
+	st := g.acquire()
+	defer st.release()
 	ex := exchangePool.Get().(*exchange)
 	ex.s = s
-	code := g.proxy(g.state.Load(), ex)
+	code := g.proxy(st, ex)
 	ex.s = nil
 	ex.body = limitedBody{}
 	exchangePool.Put(ex)

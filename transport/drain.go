@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,21 +21,68 @@ type Shutdowner interface {
 // DefaultDrainTimeout is the drain timeout when none is configured.
 const DefaultDrainTimeout = 30 * time.Second
 
-// Coordinator is the one drain coordinator of a gateway. Servers register
-// with it; Drain runs the phases for all of them at once, so no protocol is cut
-// off while another waits politely:
+// Phase is a phase of a drain. Phases only move forward.
+type Phase int32
+
+// The phases, in order.
+const (
+	PhaseServing   Phase = iota // not draining
+	PhaseNotReady               // readiness off; still accepting during the shutdown delay
+	PhaseDraining               // listeners closed, GOAWAY / Connection: close sent, in-flight streams finishing
+	PhaseHardClose              // the drain timeout passed (or a second signal came): what is left is cut
+	PhaseClosePools             // downstream is done; upstream pools drain and close
+	PhaseStopped                // everything is closed
+)
+
+var phaseNames = [...]string{"serving", "not_ready", "draining", "hard_close", "close_pools", "stopped"}
+
+// String returns the phase's name: serving, not_ready, draining, hard_close,
+// close_pools or stopped.
+func (p Phase) String() string {
+	if p >= 0 && int(p) < len(phaseNames) {
+		return phaseNames[p]
+	}
+	return "unknown"
+}
+
+// DrainConfig configures a Coordinator. The zero value works.
+type DrainConfig struct {
+	// Timeout bounds the wait for in-flight streams. Default
+	// DefaultDrainTimeout.
+	Timeout time.Duration
+
+	// ShutdownDelay is how long the gateway keeps accepting after readiness
+	// went off, for load balancers that poll readiness slowly. Default 0.
+	ShutdownDelay time.Duration
+
+	// InFlight, if set, reports the streams in flight; the coordinator
+	// samples it at the timeout to count the streams it cuts.
+	InFlight func() int64
+
+	// OnPhase, if set, is called as each phase begins (from Drain's
+	// goroutine), with the streams in flight at that moment.
+	OnPhase func(p Phase, inFlight int64)
+}
+
+// Coordinator is the one drain coordinator of a gateway. Servers and pools
+// register with it; Drain runs the phases for all of them at once, so no
+// protocol is cut off while another waits politely:
 //
-//  1. draining: Draining reports true, so handlers answer with Connection:
-//     close and withdraw Alt-Svc;
-//  2. graceful: every server's Shutdown runs concurrently under the drain
-//     timeout (servers stop accepting, send GOAWAY, finish in-flight streams);
-//  3. hard close: whatever is still open at the timeout is closed;
-//  4. upstream pools are shut down, then closed.
-//
-// The zero value is not usable; use NewCoordinator.
+//  1. not ready: Draining reports true at once (readiness off, Alt-Svc:
+//     clear, HTTP/1.1 Connection: close); the gateway keeps accepting for
+//     ShutdownDelay;
+//  2. draining: every server's Shutdown runs concurrently under the drain
+//     timeout (each stops accepting, sends GOAWAY, finishes in-flight
+//     streams);
+//  3. hard close: whatever is still open at the timeout is closed, and the
+//     streams cut are counted;
+//  4. pools: upstream pools are shut down, then closed;
+//  5. stopped.
 type Coordinator struct {
-	timeout  time.Duration
+	cfg      DrainConfig
 	draining atomic.Bool
+	phase    atomic.Int32
+	cut      atomic.Int64
 
 	mu      sync.Mutex // guards servers and pools
 	servers []Shutdowner
@@ -42,18 +90,34 @@ type Coordinator struct {
 }
 
 // NewCoordinator returns a coordinator with the given drain timeout
-// (DefaultDrainTimeout when zero or negative).
+// (DefaultDrainTimeout when zero or negative) and no shutdown delay.
 func NewCoordinator(timeout time.Duration) *Coordinator {
-	if timeout <= 0 {
-		timeout = DefaultDrainTimeout
+	return NewDrainCoordinator(DrainConfig{Timeout: timeout})
+}
+
+// NewDrainCoordinator returns a coordinator configured by cfg.
+func NewDrainCoordinator(cfg DrainConfig) *Coordinator {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultDrainTimeout
 	}
-	return &Coordinator{timeout: timeout}
+	if cfg.ShutdownDelay < 0 {
+		cfg.ShutdownDelay = 0
+	}
+	return &Coordinator{cfg: cfg}
 }
 
 // AddServer registers a downstream server.
 func (c *Coordinator) AddServer(s Shutdowner) {
 	c.mu.Lock()
 	c.servers = append(c.servers, s)
+	c.mu.Unlock()
+}
+
+// RemoveServer forgets a server that was shut down on its own (replaced by
+// a reload).
+func (c *Coordinator) RemoveServer(s Shutdowner) {
+	c.mu.Lock()
+	c.servers = slices.DeleteFunc(c.servers, func(x Shutdowner) bool { return x == s })
 	c.mu.Unlock()
 }
 
@@ -67,46 +131,99 @@ func (c *Coordinator) AddPool(p Shutdowner) {
 // Draining reports whether a drain has begun.
 func (c *Coordinator) Draining() bool { return c.draining.Load() }
 
+// Phase returns the current phase.
+func (c *Coordinator) Phase() Phase { return Phase(c.phase.Load()) }
+
+// Cut returns the number of streams the hard close cut (as reported by
+// DrainConfig.InFlight at the timeout).
+func (c *Coordinator) Cut() int64 { return c.cut.Load() }
+
+// Timeout returns the drain timeout.
+func (c *Coordinator) Timeout() time.Duration { return c.cfg.Timeout }
+
 // ErrDrainTimeout is returned by Drain when streams were still running at the
 // drain timeout and had to be cut.
 var ErrDrainTimeout = errors.New("transport: drain timeout: streams were cut")
 
 // Drain runs the drain phases. It returns nil when every stream finished
 // within the timeout, and ErrDrainTimeout when some had to be cut. Cancelling
-// ctx (a second signal) skips to the hard close.
+// ctx (a second signal) skips to the hard close. Drain runs once; later calls
+// return at once with nil.
 func (c *Coordinator) Drain(ctx context.Context) error {
-	c.draining.Store(true)
+	if !c.draining.CompareAndSwap(false, true) {
+		return nil
+	}
+	c.enter(PhaseNotReady)
+	if d := c.cfg.ShutdownDelay; d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
 	c.mu.Lock()
-	servers, pools := append([]Shutdowner(nil), c.servers...), append([]Shutdowner(nil), c.pools...)
+	servers, pools := slices.Clone(c.servers), slices.Clone(c.pools)
 	c.mu.Unlock()
 
-	gctx, cancel := context.WithTimeout(ctx, c.timeout)
+	gctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
-	cut := shutdownAll(gctx, servers)
+	c.enter(PhaseDraining)
+	late := shutdownAll(gctx, servers)
+	if len(late) > 0 {
+		if c.cfg.InFlight != nil {
+			c.cut.Store(c.cfg.InFlight())
+		}
+		c.enter(PhaseHardClose)
+		closeShutdowners(late)
+	}
 	// Pools drain after the servers: every downstream stream has ended, so
 	// upstream streams have too, unless they were cut.
-	if shutdownAll(gctx, pools) {
-		cut = true
+	c.enter(PhaseClosePools)
+	if lateP := shutdownAll(gctx, pools); len(lateP) > 0 {
+		closeShutdowners(lateP)
+		late = append(late, lateP...)
 	}
-	if cut {
+	c.enter(PhaseStopped)
+	if len(late) > 0 {
 		return ErrDrainTimeout
 	}
 	return nil
 }
 
-// shutdownAll shuts every s down concurrently and closes those that did not
-// finish in time. It reports whether any had to be closed.
-func shutdownAll(ctx context.Context, ss []Shutdowner) (cut bool) {
+func (c *Coordinator) enter(p Phase) {
+	c.phase.Store(int32(p))
+	if c.cfg.OnPhase != nil {
+		var n int64
+		if c.cfg.InFlight != nil {
+			n = c.cfg.InFlight()
+		}
+		c.cfg.OnPhase(p, n)
+	}
+}
+
+// shutdownAll shuts every s down concurrently and returns those that did not
+// finish before ctx ended.
+func shutdownAll(ctx context.Context, ss []Shutdowner) (late []Shutdowner) {
 	var wg sync.WaitGroup
-	var cutAny atomic.Bool
+	var mu sync.Mutex
 	for _, s := range ss {
 		wg.Go(func() {
 			if err := s.Shutdown(ctx); err != nil {
-				cutAny.Store(true)
-				s.Close()
+				mu.Lock()
+				late = append(late, s)
+				mu.Unlock()
 			}
 		})
 	}
 	wg.Wait()
-	return cutAny.Load()
+	return late
+}
+
+func closeShutdowners(ss []Shutdowner) {
+	var wg sync.WaitGroup
+	for _, s := range ss {
+		wg.Go(func() { s.Close() })
+	}
+	wg.Wait()
 }

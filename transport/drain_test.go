@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -232,6 +233,64 @@ func TestDrainRealPool(t *testing.T) {
 		}
 		if _, _, live := d.counts(); live != 0 {
 			t.Errorf("%d conns live after Drain", live)
+		}
+	})
+}
+
+// TestDrainPhases checks the phases in order, the shutdown delay during which
+// the coordinator is already not ready, the count of streams cut, and that a
+// removed server is not drained.
+func TestDrainPhases(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var inFlight atomic.Int64
+		inFlight.Store(3)
+		type seen struct {
+			p  transport.Phase
+			at time.Duration
+			n  int64
+		}
+		var phases []seen
+		start := time.Now()
+		c := transport.NewDrainCoordinator(transport.DrainConfig{
+			Timeout:       5 * time.Second,
+			ShutdownDelay: 2 * time.Second,
+			InFlight:      inFlight.Load,
+			OnPhase: func(p transport.Phase, n int64) {
+				phases = append(phases, seen{p, time.Since(start), n})
+			},
+		})
+		laggard := &fakeServer{work: time.Minute}
+		removed := &fakeServer{work: time.Second}
+		c.AddServer(laggard)
+		c.AddServer(removed)
+		c.RemoveServer(removed)
+		if err := c.Drain(t.Context()); !errors.Is(err, transport.ErrDrainTimeout) {
+			t.Fatalf("Drain = %v", err)
+		}
+		want := []seen{
+			{transport.PhaseNotReady, 0, 3},
+			{transport.PhaseDraining, 2 * time.Second, 3},
+			{transport.PhaseHardClose, 7 * time.Second, 3},
+			{transport.PhaseClosePools, 7 * time.Second, 3},
+			{transport.PhaseStopped, 7 * time.Second, 3},
+		}
+		if len(phases) != len(want) {
+			t.Fatalf("phases %v, want %v", phases, want)
+		}
+		for i := range want {
+			if phases[i] != want[i] {
+				t.Errorf("phase %d: %v at %v, want %v at %v", i, phases[i].p, phases[i].at, want[i].p, want[i].at)
+			}
+		}
+		if c.Cut() != 3 || c.Phase() != transport.PhaseStopped {
+			t.Errorf("Cut %d, Phase %v", c.Cut(), c.Phase())
+		}
+		if st := removed.state(); st.shutdownCalls != 0 {
+			t.Errorf("a removed server was drained")
+		}
+		// Drain runs once.
+		if err := c.Drain(t.Context()); err != nil {
+			t.Errorf("second Drain = %v", err)
 		}
 	})
 }

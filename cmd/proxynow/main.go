@@ -8,9 +8,13 @@
 //	proxynow validate FILE    check a config file; exit 1 with the error
 //	proxynow version          print the version
 //
-// SIGINT or SIGTERM drains: listeners close, in-flight requests finish within
-// drain_timeout, then the process exits 0 (1 if streams had to be cut). A
-// second signal skips to the hard close.
+// SIGINT, SIGTERM or POST /drain on the admin endpoint drains: /readyz turns
+// 503, listeners close, HTTP/1.1 answers with Connection: close, HTTP/2 and
+// HTTP/3 send GOAWAY, responses carry Alt-Svc: clear, in-flight requests
+// finish within drain_timeout, then the process exits 0 (1 if streams had to be
+// cut). A second signal skips to the hard close. SIGHUP or POST /reload
+// re-reads the config file; an invalid one is reported and the old config keeps
+// serving.
 package main
 
 import (
@@ -21,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -76,6 +81,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err  error
 	)
 	if *configPath != "" {
+		opts.path = *configPath
 		if cfg, err = gateway.LoadConfig(*configPath); err != nil {
 			fmt.Fprintln(stderr, err)
 			return 1
@@ -101,6 +107,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	lv := new(slog.LevelVar)
 	lv.Set(parseLevel(cfg.Log.Level))
 	log := newLogger(stderr, cfg.Log.Format, lv)
+	opts.level = lv
 
 	inst, err := start(cfg, log, opts)
 	if err != nil {
@@ -108,26 +115,43 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	log.Info("proxynow serving", "version", versionString(), "listen", inst.Addr(),
-		"http3", inst.h3 != nil, "admin", inst.AdminAddr(), "config", cfg.File, "hash", cfg.Hash()[:12])
+		"http3", inst.HTTP3(), "admin", inst.AdminAddr(), "config", cfg.File, "hash", cfg.Hash()[:12])
 	if demo != nil {
 		printBanner(stdout, inst, fp)
 	}
 
-	sig := make(chan os.Signal, 2)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	sig := make(chan os.Signal, 4)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sig)
-	select {
-	case s := <-sig:
-		log.Info("draining", "signal", s.String(), "drain_timeout", cfg.DrainTimeout.D().String())
-	case err := <-inst.errc:
-		log.Error("a server failed; draining", "err", err)
+wait:
+	for {
+		select {
+		case s := <-sig:
+			if s == syscall.SIGHUP {
+				log.Info("reloading", "signal", s.String(), "config", opts.path)
+				inst.reload()
+				continue
+			}
+			log.Info("draining", "signal", s.String(), "drain_timeout", inst.drain.Timeout().String())
+			break wait
+		case <-inst.drainReq:
+			log.Info("draining", "requested_by", "admin", "drain_timeout", inst.drain.Timeout().String())
+			break wait
+		case err := <-inst.errc:
+			log.Error("a server failed; draining", "err", err)
+			break wait
+		}
 	}
 	hard, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
-		if s, ok := <-sig; ok {
+		for s := range sig {
+			if s == syscall.SIGHUP {
+				continue
+			}
 			log.Warn("second signal: closing now", "signal", s.String())
 			cancel()
+			return
 		}
 	}()
 	if err := inst.Drain(hard); err != nil {
@@ -170,8 +194,7 @@ clusters:
 }
 
 func printBanner(w io.Writer, inst *instance, fingerprint string) {
-	port := inst.tcp.Addr().(interface{ String() string }).String()
-	_, p, _ := cutPort(port)
+	_, p, _ := net.SplitHostPort(inst.Addr())
 	fmt.Fprintf(w, `
 ProxyNow %s is serving the embedded default on port %s:
   TCP  HTTP/1.1 and HTTP/2 over TLS
@@ -194,17 +217,8 @@ Stop with Ctrl-C (in-flight requests finish first).
 }
 
 func h3Note(inst *instance) string {
-	if inst.h3 == nil {
+	if !inst.HTTP3() {
 		return " (off)"
 	}
 	return ""
-}
-
-func cutPort(addr string) (host, port string, ok bool) {
-	for i := len(addr) - 1; i >= 0; i-- {
-		if addr[i] == ':' {
-			return addr[:i], addr[i+1:], true
-		}
-	}
-	return addr, "", false
 }
