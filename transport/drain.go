@@ -60,7 +60,8 @@ type DrainConfig struct {
 	InFlight func() int64
 
 	// OnPhase, if set, is called as each phase begins (from Drain's
-	// goroutine), with the streams in flight at that moment.
+	// goroutine), with the streams in flight at that moment; for
+	// PhaseHardClose, with the streams cut.
 	OnPhase func(p Phase, inFlight int64)
 }
 
@@ -166,14 +167,30 @@ func (c *Coordinator) Drain(ctx context.Context) error {
 	servers, pools := slices.Clone(c.servers), slices.Clone(c.pools)
 	c.mu.Unlock()
 
-	gctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	// The servers' context ends at the timeout or on a second signal; the
+	// streams in flight are counted just before, while the laggards still
+	// hold them.
+	gctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
+	var sampled atomic.Int64
+	var once sync.Once
+	expire := func() {
+		once.Do(func() {
+			if c.cfg.InFlight != nil {
+				sampled.Store(c.cfg.InFlight())
+			}
+		})
+		cancel()
+	}
+	timer := time.AfterFunc(c.cfg.Timeout, expire)
+	defer timer.Stop()
+	defer context.AfterFunc(ctx, expire)()
+
 	c.enter(PhaseDraining)
 	late := shutdownAll(gctx, servers)
 	if len(late) > 0 {
-		if c.cfg.InFlight != nil {
-			c.cut.Store(c.cfg.InFlight())
-		}
+		expire()
+		c.cut.Store(sampled.Load())
 		c.enter(PhaseHardClose)
 		closeShutdowners(late)
 	}
@@ -195,7 +212,10 @@ func (c *Coordinator) enter(p Phase) {
 	c.phase.Store(int32(p))
 	if c.cfg.OnPhase != nil {
 		var n int64
-		if c.cfg.InFlight != nil {
+		switch {
+		case p == PhaseHardClose:
+			n = c.cut.Load()
+		case c.cfg.InFlight != nil:
 			n = c.cfg.InFlight()
 		}
 		c.cfg.OnPhase(p, n)
