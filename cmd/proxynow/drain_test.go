@@ -264,3 +264,25 @@ clusters:
 		t.Errorf("exit %d", code)
 	}
 }
+
+// TestSecondSignal: a second SIGTERM during the drain skips to the hard close.
+func TestSecondSignal(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the binary")
+	}
+	up := startUpstream(t, "h1")
+	p := startProc(t, strings.ReplaceAll(simpleConfig("h1"), "@UP@", up.addr)+"drain_timeout: 30s\n")
+	go fetch(clientFor(t, "h2"), p.url("/slow?d=20s"))
+	waitFor(t, 5*time.Second, "the slow request upstream", func() bool { return up.requests.Load() >= 1 })
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	waitFor(t, 5*time.Second, "the drain to begin", func() bool { return strings.Contains(p.logs.String(), `"phase":"draining"`) })
+	start := time.Now()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	code := p.wait(t, 5*time.Second)
+	if el := time.Since(start); el > 2*time.Second || code != 1 {
+		t.Errorf("after the second signal: exit %d after %v, want 1 at once", code, el)
+	}
+	if !strings.Contains(p.logs.String(), `"streams_cut":1`) {
+		t.Errorf("cut stream not counted:\n%s", p.logs.String())
+	}
+}
