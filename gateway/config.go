@@ -251,6 +251,96 @@ type ClusterConfig struct {
 
 	// Pool bounds the upstream connection pool.
 	Pool PoolConfig `yaml:"pool"`
+
+	// TryTimeout bounds one attempt, from picking an upstream (waiting for
+	// a conn or a dial included) to its response head; a retry gets a new
+	// one. Default 0: only ConnectTimeout and ResponseHeaderTimeout apply.
+	TryTimeout Duration `yaml:"try_timeout"`
+
+	// BodyIdleTimeout bounds the wait for each piece of the upstream's
+	// response body; a stalled upstream is cut (the client sees a reset).
+	// Default 0: no limit.
+	BodyIdleTimeout Duration `yaml:"body_idle_timeout"`
+
+	// Timeout bounds the whole exchange, retries included, from the
+	// request's arrival to the end of the response body. Default 0: no
+	// limit (long downloads and streams are legitimate).
+	Timeout Duration `yaml:"timeout"`
+
+	// MaxConcurrentRequests caps the requests in flight to the cluster;
+	// beyond it, 503 with Proxy-Status connection_limit_reached. Default 0:
+	// no cap.
+	MaxConcurrentRequests int `yaml:"max_concurrent_requests"`
+
+	// MaxPendingRequests caps the requests waiting for an upstream conn
+	// (all conns busy, a dial in progress); beyond it, 503. Default 0: no
+	// cap.
+	MaxPendingRequests int `yaml:"max_pending_requests"`
+
+	// Retries configures retries.
+	Retries RetryConfig `yaml:"retries"`
+
+	// HealthCheck configures active health checks; off unless Path is set.
+	HealthCheck HealthCheckConfig `yaml:"health_check"`
+
+	// OutlierDetection configures passive health: an upstream that fails
+	// several requests in a row is ejected for a while.
+	OutlierDetection OutlierConfig `yaml:"outlier_detection"`
+}
+
+// RetryConfig configures retries. A request is retried only when the
+// upstream provably did not process it (the connection failed, the stream was
+// refused or fell above a GOAWAY), whatever its method, or when its method is
+// idempotent and nothing of its body was sent yet and the upstream reset the
+// exchange before the response head. A POST that reached an upstream is never
+// sent twice. Retries go to another upstream when the cluster has one.
+type RetryConfig struct {
+	// Max is the number of retries of one request. Default 2; set -1 for
+	// none.
+	Max int `yaml:"max"`
+
+	// BudgetPercent caps retries at this percentage of the requests, so a
+	// failing cluster is not hammered. Default 20.
+	BudgetPercent int `yaml:"budget_percent"`
+
+	// MinPerSecond retries are allowed whatever the budget, so a quiet
+	// cluster can still retry. Default 10.
+	MinPerSecond int `yaml:"min_per_second"`
+}
+
+// HealthCheckConfig configures active health checks: a GET of Path on each
+// upstream every Interval. Upstreams start healthy.
+type HealthCheckConfig struct {
+	// Path is the request path; empty (the default) disables active checks.
+	Path string `yaml:"path"`
+	// Host is the Host of the check request. Default: the server's address.
+	Host string `yaml:"host"`
+	// Interval between checks of one upstream. Default 10s.
+	Interval Duration `yaml:"interval"`
+	// Timeout of one check. Default 2s.
+	Timeout Duration `yaml:"timeout"`
+	// HealthyThreshold consecutive passes make an unhealthy upstream
+	// healthy. Default 2.
+	HealthyThreshold int `yaml:"healthy_threshold"`
+	// UnhealthyThreshold consecutive failures make a healthy upstream
+	// unhealthy. Default 3.
+	UnhealthyThreshold int `yaml:"unhealthy_threshold"`
+	// ExpectedStatus is the status that passes. Default 0: any 2xx.
+	ExpectedStatus int `yaml:"expected_status"`
+}
+
+// OutlierConfig configures passive outlier detection. Failures are the
+// gateway's own errors reaching an upstream (refused, timed out, reset,
+// malformed) and 502, 503 and 504 responses.
+type OutlierConfig struct {
+	// ConsecutiveFailures ejects an upstream after this many failures in a
+	// row. Default 5; -1 disables outlier detection.
+	ConsecutiveFailures int `yaml:"consecutive_failures"`
+	// BaseEjection is the first ejection's length; the n-th ejection in a
+	// row lasts n times as long. Default 30s.
+	BaseEjection Duration `yaml:"base_ejection"`
+	// MaxEjection caps an ejection. Default 5m.
+	MaxEjection Duration `yaml:"max_ejection"`
 }
 
 // UpstreamTLSConfig configures TLS to upstream servers.

@@ -819,6 +819,16 @@ func (c *Config) setDefaults() {
 		orDefault(&cl.Pool.MaxConns, 256)
 		orDefault(&cl.Pool.MaxIdle, 64)
 		orDefault(&cl.Pool.IdleTimeout, Duration(90*time.Second))
+		orDefault(&cl.Retries.Max, 2)
+		orDefault(&cl.Retries.BudgetPercent, 20)
+		orDefault(&cl.Retries.MinPerSecond, 10)
+		orDefault(&cl.HealthCheck.Interval, Duration(10*time.Second))
+		orDefault(&cl.HealthCheck.Timeout, Duration(2*time.Second))
+		orDefault(&cl.HealthCheck.HealthyThreshold, 2)
+		orDefault(&cl.HealthCheck.UnhealthyThreshold, 3)
+		orDefault(&cl.OutlierDetection.ConsecutiveFailures, 5)
+		orDefault(&cl.OutlierDetection.BaseEjection, Duration(30*time.Second))
+		orDefault(&cl.OutlierDetection.MaxEjection, Duration(5*time.Minute))
 	}
 	if len(c.Routes) == 0 && len(c.Clusters) == 1 && c.Clusters[0].Name != "" {
 		c.Routes = []RouteConfig{{Cluster: c.Clusters[0].Name}}
@@ -1092,6 +1102,46 @@ func (v *validator) cluster(i int, cl *ClusterConfig, names map[string]int) {
 	v.nonNegative(p+".pool.max_conns", cl.Pool.MaxConns)
 	v.nonNegative(p+".pool.max_idle", cl.Pool.MaxIdle)
 	v.duration(p+".pool.idle_timeout", cl.Pool.IdleTimeout)
+	v.duration(p+".try_timeout", cl.TryTimeout)
+	v.duration(p+".body_idle_timeout", cl.BodyIdleTimeout)
+	v.duration(p+".timeout", cl.Timeout)
+	v.nonNegative(p+".max_concurrent_requests", cl.MaxConcurrentRequests)
+	v.nonNegative(p+".max_pending_requests", cl.MaxPendingRequests)
+	if cl.Retries.Max < -1 {
+		v.errorf(p+".retries.max", "must be -1 (no retries) or more, got %d", cl.Retries.Max)
+	}
+	if b := cl.Retries.BudgetPercent; b < 0 || b > 100 {
+		v.errorf(p+".retries.budget_percent", "must be 0-100, got %d", b)
+	}
+	v.nonNegative(p+".retries.min_per_second", cl.Retries.MinPerSecond)
+	hc := cl.HealthCheck
+	if hc.Path != "" && !strings.HasPrefix(hc.Path, "/") {
+		v.errorf(p+".health_check.path", "%q must start with /", hc.Path)
+	}
+	if hc.Host != "" {
+		if err := checkDNSName(strings.ToLower(hostOnly(hc.Host))); err != nil {
+			if _, aerr := netip.ParseAddr(hostOnly(hc.Host)); aerr != nil {
+				v.add(p+".health_check.host", err)
+			}
+		}
+	}
+	v.duration(p+".health_check.interval", hc.Interval)
+	v.duration(p+".health_check.timeout", hc.Timeout)
+	if hc.HealthyThreshold < 1 {
+		v.errorf(p+".health_check.healthy_threshold", "must be at least 1, got %d", hc.HealthyThreshold)
+	}
+	if hc.UnhealthyThreshold < 1 {
+		v.errorf(p+".health_check.unhealthy_threshold", "must be at least 1, got %d", hc.UnhealthyThreshold)
+	}
+	if s := hc.ExpectedStatus; s != 0 && (s < 100 || s > 599) {
+		v.errorf(p+".health_check.expected_status", "%d is not an HTTP status", s)
+	}
+	od := cl.OutlierDetection
+	if od.ConsecutiveFailures < -1 {
+		v.errorf(p+".outlier_detection.consecutive_failures", "must be -1 (off) or more, got %d", od.ConsecutiveFailures)
+	}
+	v.duration(p+".outlier_detection.base_ejection", od.BaseEjection)
+	v.duration(p+".outlier_detection.max_ejection", od.MaxEjection)
 }
 
 func (v *validator) route(i int, r *RouteConfig, clusters, seen map[string]int, haveClusters bool) {

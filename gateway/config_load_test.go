@@ -158,22 +158,34 @@ func TestParseConfigFullExample(t *testing.T) {
 		{PathPrefix: "/", Cluster: "web"},
 	})
 	defPool := PoolConfig{MaxConns: 256, MaxIdle: 64, IdleTimeout: Duration(90 * time.Second)}
+	defRetries := RetryConfig{Max: 2, BudgetPercent: 20, MinPerSecond: 10}
+	defHealth := HealthCheckConfig{Interval: Duration(10 * time.Second), Timeout: Duration(2 * time.Second), HealthyThreshold: 2, UnhealthyThreshold: 3}
+	defOutlier := OutlierConfig{ConsecutiveFailures: 5, BaseEjection: Duration(30 * time.Second), MaxEjection: Duration(5 * time.Minute)}
 	check("Clusters", c.Clusters, []ClusterConfig{{
 		Name: "api", Servers: []string{"10.0.1.10:8080", "10.0.1.11:8080"}, Protocol: "h2c", Balancing: "least_request",
 		ConnectTimeout: Duration(2 * time.Second), ResponseHeaderTimeout: Duration(15 * time.Second),
-		Pool: PoolConfig{MaxConns: 512, MaxIdle: 128, IdleTimeout: Duration(time.Minute)},
+		Pool:       PoolConfig{MaxConns: 512, MaxIdle: 128, IdleTimeout: Duration(time.Minute)},
+		TryTimeout: Duration(5 * time.Second), BodyIdleTimeout: Duration(time.Minute), Timeout: Duration(10 * time.Minute),
+		MaxConcurrentRequests: 2000, MaxPendingRequests: 500,
+		Retries: RetryConfig{Max: 1, BudgetPercent: 10, MinPerSecond: 5},
+		HealthCheck: HealthCheckConfig{Path: "/healthz", Host: "api.internal", Interval: Duration(5 * time.Second),
+			Timeout: Duration(time.Second), HealthyThreshold: 2, UnhealthyThreshold: 3, ExpectedStatus: 200},
+		OutlierDetection: OutlierConfig{ConsecutiveFailures: 5, BaseEjection: Duration(30 * time.Second), MaxEjection: Duration(5 * time.Minute)},
 	}, {
 		Name: "web", Servers: []string{"web-1.internal:443", "web-2.internal:443"}, Protocol: "h2", Balancing: "round_robin",
 		TLS:            UpstreamTLSConfig{Enabled: true, ServerName: "web.internal", CAFile: dir + "/ca/internal-ca.pem"},
 		ConnectTimeout: Duration(5 * time.Second), ResponseHeaderTimeout: Duration(30 * time.Second), Pool: defPool,
+		Retries: defRetries, HealthCheck: defHealth, OutlierDetection: defOutlier,
 	}, {
 		Name: "media", Servers: []string{"media.internal:443"}, Protocol: "h3", Balancing: "round_robin",
 		TLS:            UpstreamTLSConfig{Enabled: true},
 		ConnectTimeout: Duration(3 * time.Second), ResponseHeaderTimeout: Duration(30 * time.Second), Pool: defPool,
+		Retries: defRetries, HealthCheck: defHealth, OutlierDetection: defOutlier,
 	}, {
 		Name: "static", Servers: []string{"static.internal:8080"}, Protocol: "h1", Balancing: "round_robin",
 		TLS:            UpstreamTLSConfig{Enabled: true, CAFile: dir + "/ca/internal-ca.pem"},
 		ConnectTimeout: Duration(5 * time.Second), ResponseHeaderTimeout: Duration(30 * time.Second), Pool: defPool,
+		Retries: defRetries, HealthCheck: defHealth, OutlierDetection: defOutlier,
 	}})
 	if got := c.Cluster("media"); got != &c.Clusters[2] {
 		t.Errorf("Cluster(media) = %p, want %p", got, &c.Clusters[2])
@@ -218,7 +230,10 @@ clusters:
 		Clusters: []ClusterConfig{{
 			Name: "app", Servers: []string{"127.0.0.1:8080"}, Protocol: "h1", Balancing: "round_robin",
 			ConnectTimeout: s(5 * time.Second), ResponseHeaderTimeout: s(30 * time.Second),
-			Pool: PoolConfig{MaxConns: 256, MaxIdle: 64, IdleTimeout: s(90 * time.Second)},
+			Pool:             PoolConfig{MaxConns: 256, MaxIdle: 64, IdleTimeout: s(90 * time.Second)},
+			Retries:          RetryConfig{Max: 2, BudgetPercent: 20, MinPerSecond: 10},
+			HealthCheck:      HealthCheckConfig{Interval: s(10 * time.Second), Timeout: s(2 * time.Second), HealthyThreshold: 2, UnhealthyThreshold: 3},
+			OutlierDetection: OutlierConfig{ConsecutiveFailures: 5, BaseEjection: s(30 * time.Second), MaxEjection: s(5 * time.Minute)},
 		}},
 		File: "min.yaml",
 	}

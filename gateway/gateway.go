@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/netip"
 	"os"
 	"reflect"
@@ -133,12 +132,28 @@ type cluster struct {
 	pool      *transport.Pool
 	rr        atomic.Uint64
 	protocol  string
+	tls       bool
 	configRef *ClusterConfig
+	log       *slog.Logger
+	budget    *retryBudget
+
+	inflight atomic.Int64 // requests in flight, for max_concurrent_requests
+	pending  atomic.Int64 // requests waiting for a conn, for max_pending_requests
+
+	stopChecks context.CancelFunc
+	checks     sync.WaitGroup // active health checkers
 }
 
-type upstreamServer struct {
-	addr   string
-	active atomic.Int64 // requests in flight, for least_request
+// shutdown stops the health checks and drains the pool.
+func (c *cluster) shutdown(ctx context.Context) error {
+	c.stopHealthChecks()
+	return c.pool.Shutdown(ctx)
+}
+
+// close stops the health checks and closes the pool.
+func (c *cluster) close() {
+	c.stopHealthChecks()
+	c.pool.Close()
 }
 
 // New compiles opts.Config and returns a Gateway.
@@ -191,7 +206,7 @@ func (g *Gateway) compile(cfg *Config, old *state) (*state, error) {
 			var err error
 			if c, err = g.newCluster(cc); err != nil {
 				for _, c := range created {
-					c.pool.Close()
+					c.close()
 				}
 				return nil, err
 			}
@@ -248,7 +263,10 @@ func (g *Gateway) newCluster(cc *ClusterConfig) (*cluster, error) {
 		name:      cc.Name,
 		leastReq:  cc.Balancing == "least_request",
 		protocol:  cc.Protocol,
+		tls:       spec.TLS != nil,
 		configRef: cc,
+		log:       g.log,
+		budget:    newRetryBudget(cc.Retries),
 		pool: transport.NewPool(d, transport.PoolConfig{
 			MaxConnsPerUpstream: cc.Pool.MaxConns,
 			MaxIdlePerUpstream:  cc.Pool.MaxIdle,
@@ -258,6 +276,7 @@ func (g *Gateway) newCluster(cc *ClusterConfig) (*cluster, error) {
 	for _, s := range cc.Servers {
 		c.servers = append(c.servers, &upstreamServer{addr: s})
 	}
+	c.startHealthChecks()
 	return c, nil
 }
 
@@ -317,8 +336,8 @@ func (g *Gateway) Reload(cfg *Config, h3Port int) error {
 			}
 		}()
 		for _, c := range dropped {
-			if err := c.pool.Shutdown(ctx); err != nil {
-				c.pool.Close()
+			if err := c.shutdown(ctx); err != nil {
+				c.close()
 			}
 		}
 	})
@@ -353,28 +372,6 @@ func (g *Gateway) InFlight() int64 { return g.active.Load() }
 // Config returns the config in force.
 func (g *Gateway) Config() *Config { return g.state.Load().cfg }
 
-// pick chooses an upstream server: round robin, or the less loaded of two
-// random ones (power of two choices).
-func (c *cluster) pick() *upstreamServer {
-	n := len(c.servers)
-	if n == 1 {
-		return c.servers[0]
-	}
-	if !c.leastReq {
-		return c.servers[(c.rr.Add(1)-1)%uint64(n)]
-	}
-	i := rand.IntN(n)
-	j := rand.IntN(n - 1)
-	if j >= i {
-		j++
-	}
-	a, b := c.servers[i], c.servers[j]
-	if b.active.Load() < a.active.Load() {
-		return b
-	}
-	return a
-}
-
 // Draining reports whether a drain has begun.
 func (g *Gateway) Draining() bool { return g.drain != nil && g.drain.Draining() }
 
@@ -386,7 +383,7 @@ func (g *Gateway) Panics() uint64 { return g.panics.Load() }
 func (g *Gateway) Shutdown(ctx context.Context) error {
 	var errs []error
 	for _, c := range g.state.Load().clusters {
-		errs = append(errs, c.pool.Shutdown(ctx))
+		errs = append(errs, c.shutdown(ctx))
 	}
 	done := make(chan struct{})
 	go func() { g.retiring.Wait(); close(done) }()
@@ -402,7 +399,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 func (g *Gateway) Close() error {
 	g.closeOne.Do(func() { close(g.closing) })
 	for _, c := range g.state.Load().clusters {
-		c.pool.Close()
+		c.close()
 	}
 	g.retiring.Wait()
 	return nil

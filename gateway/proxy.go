@@ -1,10 +1,13 @@
 package gateway
 
 import (
+	"context"
+	"errors"
 	"io"
 	"net/http"
 	"runtime/debug"
 	"sync"
+	"time"
 
 	"github.com/proxynow/proxynow/transport"
 )
@@ -16,6 +19,7 @@ type exchange struct {
 	onInfo func(status int, h http.Header) error
 	buf    []byte
 	body   limitedBody
+	sent   countedBody
 }
 
 var exchangePool = sync.Pool{New: func() any {
@@ -48,6 +52,7 @@ func (g *Gateway) ServeStream(s transport.ServerStream) {
 	code := g.proxy(st, ex)
 	ex.s = nil
 	ex.body = limitedBody{}
+	ex.sent = countedBody{}
 	exchangePool.Put(ex)
 	if code != transport.CodeNone && g.log.Enabled(s.Context(), levelDebug) {
 		req := s.Request()
@@ -94,26 +99,57 @@ func (g *Gateway) proxy(st *state, ex *exchange) transport.Code {
 		h["Via"] = viaValues[req.Proto]
 	}
 
-	ctx := s.Context()
 	c := rt.cluster
-	up := c.pick()
-	up.active.Add(1)
-	defer up.active.Add(-1)
-
-	conn, err := c.pool.Get(ctx, up.addr)
-	if err != nil {
-		return fail(s, codeOf(ctx, err))
+	if max := c.configRef.MaxConcurrentRequests; max > 0 {
+		if c.inflight.Add(1) > int64(max) {
+			c.inflight.Add(-1)
+			return fail(s, transport.CodeOverloaded)
+		}
+		defer c.inflight.Add(-1)
 	}
-	req.OnInformational = ex.onInfo
-	resp, err := conn.RoundTrip(ctx, req)
-	req.OnInformational = nil
-	if err != nil {
-		c.pool.Put(conn)
+	ctx := s.Context()
+	var dl *deadlines
+	if c.configRef.Timeout > 0 || c.configRef.TryTimeout > 0 || c.configRef.BodyIdleTimeout > 0 {
+		dl = newDeadlines(ctx, c.configRef)
+		defer dl.stop()
+		ctx = dl.ctx
+	}
+	ex.sent = countedBody{r: req.Body}
+	req.Body = &ex.sent
+	c.budget.deposit()
+
+	var (
+		up   *upstreamServer
+		conn transport.Conn
+		resp *transport.Response
+	)
+	last := transport.CodeNoHealthyUpstream
+	for attempt := 0; ; attempt++ {
+		if up = c.pick(up); up == nil {
+			// None available: at once on the first attempt; after a
+			// failed one, its error tells the client more.
+			return fail(s, last)
+		}
+		var err error
+		conn, resp, err = g.try(ctx, c, up, req, ex, dl)
+		if err == nil {
+			break
+		}
 		if ex.body.left < 0 {
 			return fail(s, transport.CodeBodyTooLarge)
 		}
-		return fail(s, codeOf(ctx, err))
+		code := codeOf(ctx, err)
+		if code == transport.CodeOverloaded || code == transport.CodeClientCancelled {
+			return fail(s, code)
+		}
+		c.report(up, outlierFailure(code, 0))
+		last = code
+		if attempt >= c.configRef.Retries.Max || !retryable(req.Method, err, ex.sent.n) || !c.budget.withdraw() {
+			return fail(s, code)
+		}
+		g.log.Debug("retrying", "cluster", c.name, "upstream", up.addr, "code", code.String(), "attempt", attempt+1)
 	}
+	c.report(up, outlierFailure(transport.CodeNone, resp.Status))
 
 	rh := resp.Header
 	stripHopByHop(rh)
@@ -134,7 +170,7 @@ func (g *Gateway) proxy(st *state, ex *exchange) transport.Code {
 	if err := s.WriteHeader(resp.Status, rh, length); err != nil {
 		code = transport.CodeClientCancelled
 	} else {
-		code = copyBody(s, resp.Body, ex.buf, length < 0)
+		code = copyBody(s, resp.Body, ex.buf, length < 0, dl)
 	}
 	resp.Body.Close()
 	c.pool.Put(conn)
@@ -155,8 +191,9 @@ func (g *Gateway) proxy(st *state, ex *exchange) transport.Code {
 
 // copyBody streams the upstream body to the client with the pooled buffer.
 // flush sends each piece at once, for bodies of unknown length (streams, SSE).
-func copyBody(s transport.ServerStream, body io.Reader, buf []byte, flush bool) transport.Code {
+func copyBody(s transport.ServerStream, body io.Reader, buf []byte, flush bool, dl *deadlines) transport.Code {
 	for {
+		dl.bodyRead()
 		n, rerr := body.Read(buf)
 		if n > 0 {
 			if _, err := s.Write(buf[:n]); err != nil {
@@ -189,13 +226,152 @@ func fail(s transport.ServerStream, code transport.Code) transport.Code {
 	return code
 }
 
-// codeOf classifies an upstream error: once the client has gone, whatever
-// failed upstream is the client's doing.
-func codeOf(ctx interface{ Err() error }, err error) transport.Code {
+// codeOf classifies an upstream error: once the request's context has ended,
+// its cause decides (the client went away, or a gateway timeout fired).
+func codeOf(ctx context.Context, err error) transport.Code {
 	if ctx.Err() != nil {
+		if c := transport.CodeOf(context.Cause(ctx)); c == transport.CodeResponseTimeout {
+			return c
+		}
 		return transport.CodeClientCancelled
 	}
 	return transport.CodeOf(err)
+}
+
+// try makes one attempt on up: a conn from the pool (bounded by
+// max_pending_requests), then the request. On success the caller owns conn
+// and resp and must close resp.Body and Put conn.
+func (g *Gateway) try(ctx context.Context, c *cluster, up *upstreamServer, req *transport.Request, ex *exchange, dl *deadlines) (transport.Conn, *transport.Response, error) {
+	up.active.Add(1)
+	defer up.active.Add(-1)
+	dl.startTry()
+	defer dl.endTry()
+	if max := c.configRef.MaxPendingRequests; max > 0 {
+		if c.pending.Add(1) > int64(max) {
+			c.pending.Add(-1)
+			return nil, nil, errOverloaded
+		}
+		defer c.pending.Add(-1)
+	}
+	conn, err := c.pool.Get(ctx, up.addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	req.OnInformational = ex.onInfo
+	resp, err := conn.RoundTrip(ctx, req)
+	req.OnInformational = nil
+	if err != nil {
+		c.pool.Put(conn)
+		return nil, nil, err
+	}
+	return conn, resp, nil
+}
+
+var errOverloaded = transport.CodeOverloaded.Err()
+
+// retryable reports whether a failed attempt may be sent again: when the
+// upstream provably did not process it (a failed connection, a refused
+// stream, a stream above GOAWAY) and none of its body was consumed, or when
+// its method is idempotent (RFC 9110 §9.2.2), none of its body was consumed
+// and the upstream reset the exchange before answering. A POST that may have
+// reached an upstream is never sent twice.
+func retryable(method string, err error, bodyRead int64) bool {
+	if bodyRead > 0 {
+		return false
+	}
+	switch transport.CodeOf(err) {
+	case transport.CodeConnectRefused, transport.CodeConnectTimeout, transport.CodeUpstreamTLS,
+		transport.CodeUpstreamUnreachable:
+		return true // no request was sent
+	case transport.CodeUpstreamReset:
+		return errors.Is(err, transport.ErrNotProcessed) || idempotent(method)
+	}
+	return false
+}
+
+func idempotent(m string) bool {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, "TRACE", http.MethodPut, http.MethodDelete:
+		return true
+	}
+	return false
+}
+
+// countedBody counts the request body bytes an attempt consumed: a body that
+// was read from cannot be replayed.
+type countedBody struct {
+	r io.Reader
+	n int64
+}
+
+func (b *countedBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	b.n += int64(n)
+	return n, err
+}
+
+// deadlines are the gateway's own timeouts of one request, made only for
+// clusters that configure one: total, per try (until the response head) and
+// between body reads. Each cancels the request's upstream context with
+// CodeResponseTimeout. A nil *deadlines does nothing.
+type deadlines struct {
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	cfg    *ClusterConfig
+	total  *time.Timer
+	try    *time.Timer
+	idle   *time.Timer
+}
+
+var errGatewayTimeout = transport.CodeResponseTimeout.Err()
+
+func newDeadlines(parent context.Context, cfg *ClusterConfig) *deadlines {
+	d := &deadlines{cfg: cfg}
+	d.ctx, d.cancel = context.WithCancelCause(parent)
+	if t := time.Duration(cfg.Timeout); t > 0 {
+		d.total = time.AfterFunc(t, d.expire)
+	}
+	return d
+}
+
+func (d *deadlines) expire() { d.cancel(errGatewayTimeout) }
+
+func (d *deadlines) startTry() {
+	if d == nil || d.cfg.TryTimeout <= 0 {
+		return
+	}
+	if d.try == nil {
+		d.try = time.AfterFunc(time.Duration(d.cfg.TryTimeout), d.expire)
+	} else {
+		d.try.Reset(time.Duration(d.cfg.TryTimeout))
+	}
+}
+
+func (d *deadlines) endTry() {
+	if d != nil && d.try != nil {
+		d.try.Stop()
+	}
+}
+
+// bodyRead arms the idle timer before each read of the response body.
+func (d *deadlines) bodyRead() {
+	if d == nil || d.cfg.BodyIdleTimeout <= 0 {
+		return
+	}
+	if d.idle == nil {
+		d.idle = time.AfterFunc(time.Duration(d.cfg.BodyIdleTimeout), d.expire)
+	} else {
+		d.idle.Reset(time.Duration(d.cfg.BodyIdleTimeout))
+	}
+}
+
+func (d *deadlines) stop() {
+	for _, t := range []*time.Timer{d.total, d.try, d.idle} {
+		if t != nil {
+			t.Stop()
+		}
+	}
+	d.cancel(context.Canceled)
 }
 
 func safeMethod(m string) bool {

@@ -20,7 +20,7 @@ import (
 // request: it refused the stream (REFUSED_STREAM, RFC 9113 §8.7) or sent
 // GOAWAY with a last stream ID below it (§6.8). Such a request may be retried
 // on another conn if its body can be replayed. Match it with errors.Is.
-var ErrUnprocessed = errors.New("h2: request not processed by upstream")
+var ErrUnprocessed = transport.ErrNotProcessed
 
 // Preallocated errors of the request path. They carry Remote=true where the
 // peer caused them, which the sentinels of transport.Code.Err do not.

@@ -26,7 +26,7 @@ import (
 // had received GOAWAY before the request was sent (§5.2). The request can be
 // retried on another connection if its body is replayable. Test with
 // errors.Is(err, ErrRequestNotProcessed).
-var ErrRequestNotProcessed = errors.New("h3: request not processed by the upstream")
+var ErrRequestNotProcessed = transport.ErrNotProcessed
 
 // resetCodes is the stream error code (RFC 9114 §8.1) a ServerStream.Reset
 // sends for each transport code.

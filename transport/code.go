@@ -145,6 +145,13 @@ func (e *Error) Unwrap() error {
 	return e.Err
 }
 
+// ErrNotProcessed is the cause of an upstream error when the upstream
+// provably did not process the request: HTTP/2 REFUSED_STREAM or a stream
+// above a GOAWAY's last stream ID, HTTP/3 H3_REQUEST_REJECTED, a request not
+// sent. Such a request may be retried whatever its method (RFC 9110 §9.2.2,
+// RFC 9113 §8.7, RFC 9114 §4.1.1). Test with errors.Is.
+var ErrNotProcessed = errors.New("transport: request not processed by the upstream")
+
 // CodeOf returns the Code carried by err. An error that carries none maps to
 // CodeClientCancelled when it is a context cancellation, CodeResponseTimeout
 // when it is a deadline, and CodeInternal otherwise. CodeOf(nil) is CodeNone.

@@ -111,12 +111,12 @@ routes:
   - {path_prefix: /garbage, cluster: garbage}
   - {path_prefix: /, cluster: app}
 clusters:
-  - {name: refused, servers: ["`+refusedAddr+`"]}
-  - {name: timeout, servers: ["`+timeoutAddr+`"], connect_timeout: 300ms}
-  - {name: tls, servers: ["@UP@"], tls: {enabled: true, insecure_skip_verify: true}}
-  - {name: reset, servers: ["`+resetAddr+`"]}
-  - {name: garbage, servers: ["`+garbageAddr+`"]}
-  - {name: app, servers: ["@UP@"], response_header_timeout: 300ms}
+  - {name: refused, servers: ["`+refusedAddr+`"], outlier_detection: {consecutive_failures: -1}}
+  - {name: timeout, servers: ["`+timeoutAddr+`"], connect_timeout: 300ms, outlier_detection: {consecutive_failures: -1}}
+  - {name: tls, servers: ["@UP@"], tls: {enabled: true, insecure_skip_verify: true}, outlier_detection: {consecutive_failures: -1}}
+  - {name: reset, servers: ["`+resetAddr+`"], outlier_detection: {consecutive_failures: -1}}
+  - {name: garbage, servers: ["`+garbageAddr+`"], outlier_detection: {consecutive_failures: -1}}
+  - {name: app, servers: ["@UP@"], response_header_timeout: 300ms, outlier_detection: {consecutive_failures: -1}}
 `, plain)
 
 	forEachMode(t, func(t *testing.T, proto string, c *http.Client) {
