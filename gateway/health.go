@@ -302,4 +302,3 @@ func (g *Gateway) Health() []UpstreamHealth {
 	}
 	return out
 }
-

@@ -26,12 +26,12 @@ type Phase int32
 
 // The phases, in order.
 const (
-	PhaseServing   Phase = iota // not draining
-	PhaseNotReady               // readiness off; still accepting during the shutdown delay
-	PhaseDraining               // listeners closed, GOAWAY / Connection: close sent, in-flight streams finishing
-	PhaseHardClose              // the drain timeout passed (or a second signal came): what is left is cut
-	PhaseClosePools             // downstream is done; upstream pools drain and close
-	PhaseStopped                // everything is closed
+	PhaseServing    Phase = iota // not draining
+	PhaseNotReady                // readiness off; still accepting during the shutdown delay
+	PhaseDraining                // listeners closed, GOAWAY / Connection: close sent, in-flight streams finishing
+	PhaseHardClose               // the drain timeout passed (or a second signal came): what is left is cut
+	PhaseClosePools              // downstream is done; upstream pools drain and close
+	PhaseStopped                 // everything is closed
 )
 
 var phaseNames = [...]string{"serving", "not_ready", "draining", "hard_close", "close_pools", "stopped"}
