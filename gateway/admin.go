@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 const levelDebug = slog.LevelDebug
@@ -19,6 +21,11 @@ type AdminHooks struct {
 	// Phase returns the drain phase ("serving", "not_ready", ...) and the
 	// streams cut so far.
 	Phase func() (phase string, cut int64)
+	// Metrics is the registry GET /metrics serves (the gateway's metrics
+	// and the process's); nil: 404.
+	Metrics prometheus.Gatherer
+	// LogLevel is the level GET and PUT /loglevel read and set; nil: 404.
+	LogLevel *slog.LevelVar
 }
 
 // AdminHandler returns the admin endpoint's handler:
@@ -28,8 +35,26 @@ type AdminHooks struct {
 //	GET  /status   JSON: config file, hash, reloads, in-flight streams, drain phase
 //	POST /reload   re-read the config file: 200 with the new hash, or 400 with the error
 //	POST /drain    begin a graceful drain: 202
+//	GET  /metrics  Prometheus metrics (text, or protobuf with native histograms); 404 with metrics.enabled false
+//	GET  /loglevel the log level, "INFO"
+//	PUT  /loglevel set it from the body ("debug", "info", "warn", "error"): 200 with the new level, 400
 func (g *Gateway) AdminHandler(hooks AdminHooks) http.Handler {
 	mux := http.NewServeMux()
+	if hooks.Metrics != nil {
+		metrics := metricsHandler(hooks.Metrics, g.log)
+		mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+			if !g.Config().MetricsEnabled() {
+				http.Error(w, "metrics are off (metrics.enabled: false)", http.StatusNotFound)
+				return
+			}
+			metrics.ServeHTTP(w, r)
+		})
+	}
+	if hooks.LogLevel != nil {
+		h := logLevelHandler(hooks.LogLevel)
+		mux.Handle("GET /loglevel", h)
+		mux.Handle("PUT /loglevel", h)
+	}
 	text := func(w http.ResponseWriter, code int, s string) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(code)

@@ -46,6 +46,16 @@ type Config struct {
 	// Log configures logging.
 	Log LogConfig `yaml:"log"`
 
+	// AccessLog configures the access log: one line per request.
+	AccessLog AccessLogConfig `yaml:"access_log"`
+
+	// Metrics configures the Prometheus metrics of the admin endpoint.
+	Metrics MetricsConfig `yaml:"metrics"`
+
+	// Tracing configures W3C Trace Context propagation and the export of
+	// spans to an OpenTelemetry collector.
+	Tracing TracingConfig `yaml:"tracing"`
+
 	// Routes map requests to clusters. The most specific host wins (exact,
 	// then the longest "*." wildcard, then routes without host), then the
 	// longest path prefix. A route without host and with path prefix "/" is
@@ -199,6 +209,75 @@ type LogConfig struct {
 	// Format is "auto" (default: text on a terminal, JSON otherwise),
 	// "text" or "json".
 	Format string `yaml:"format"`
+
+	// Buffer is the number of records queued for the log writer (and as
+	// many again for the access log writer): logging never waits for the
+	// output; beyond the buffer, records are dropped and counted in
+	// proxynow_log_records_dropped_total. Default 2048. Read at start.
+	Buffer int `yaml:"buffer"`
+}
+
+// AccessLogConfig configures the access log. Its lines go to the log output
+// with the message "access", whatever log.level says.
+type AccessLogConfig struct {
+	// Enabled turns the access log on. Default true.
+	Enabled *bool `yaml:"enabled"`
+
+	// SampleRatio is the fraction of requests logged, 0 to 1. Default 1.
+	SampleRatio *float64 `yaml:"sample_ratio"`
+
+	// Errors logs every failed request whatever SampleRatio says: an
+	// error the gateway answered (404 no route, 502, 504, ...), a 5xx from
+	// the upstream, a response cut short, a client gone. Default true.
+	Errors *bool `yaml:"errors"`
+}
+
+// MetricsConfig configures the Prometheus metrics.
+type MetricsConfig struct {
+	// Enabled serves /metrics on the admin endpoint and counts requests.
+	// Default true.
+	Enabled *bool `yaml:"enabled"`
+}
+
+// TracingConfig configures tracing. Requests carry W3C traceparent and
+// tracestate to the upstream whether or not tracing is on; with tracing on,
+// the gateway adds its own spans to a sampled request's trace.
+type TracingConfig struct {
+	// Endpoint is the base URL of an OpenTelemetry collector's OTLP/HTTP
+	// receiver ("http://otel-collector:4318"); spans are POSTed in the OTLP
+	// JSON encoding to Endpoint + "/v1/traces". Default "": tracing off.
+	Endpoint string `yaml:"endpoint"`
+
+	// SampleRatio is the fraction of requests traced (head sampling), 0 to
+	// 1. Default 0.01.
+	SampleRatio *float64 `yaml:"sample_ratio"`
+
+	// SampleErrors also exports the spans of every failed request (see
+	// AccessLogConfig.Errors), decided when it ends; its upstream did not
+	// see it as sampled. Default false.
+	SampleErrors bool `yaml:"sample_errors"`
+
+	// ParentBased follows the sampled flag of a client's traceparent
+	// instead of SampleRatio. Default false: at the edge, clients are not
+	// trusted to decide what is traced.
+	ParentBased bool `yaml:"parent_based"`
+
+	// ServiceName is the service.name of the spans. Default "proxynow".
+	ServiceName string `yaml:"service_name"`
+
+	// QueueSize bounds the spans waiting for export; beyond it they are
+	// dropped and counted. Default 2048.
+	QueueSize int `yaml:"queue_size"`
+
+	// BatchSize is the number of spans per export request. Default 512.
+	BatchSize int `yaml:"batch_size"`
+
+	// FlushInterval is the longest a span waits for a batch to fill.
+	// Default 5s.
+	FlushInterval Duration `yaml:"flush_interval"`
+
+	// Timeout bounds one export request. Default 10s.
+	Timeout Duration `yaml:"timeout"`
 }
 
 // RouteConfig maps a host and path prefix to a cluster.
@@ -368,6 +447,15 @@ type PoolConfig struct {
 	MaxIdle int `yaml:"max_idle"`
 	// IdleTimeout closes a conn idle for this long. Default 90s.
 	IdleTimeout Duration `yaml:"idle_timeout"`
+	// MaxRequests retires a conn after this many requests: it takes no
+	// new one and closes once its last ends. Default 0: unlimited.
+	MaxRequests int `yaml:"max_requests"`
+	// MaxLifetime retires a conn, the same way, this long after it was
+	// opened. Default 0: unlimited.
+	MaxLifetime Duration `yaml:"max_lifetime"`
+	// Unsharded selects the previous, unsharded pool, for benchmarks that
+	// compare the two. Not settable from YAML.
+	Unsharded bool `yaml:"-"`
 }
 
 // Duration is a time.Duration written in YAML as a Go duration string

@@ -14,6 +14,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"reflect"
 	"slices"
@@ -195,6 +196,12 @@ func (c *Config) HTTP3Enabled() bool { return c.HTTP3.Enabled == nil || *c.HTTP3
 // advertise HTTP/3 unless a route overrides it. Alt-Svc is sent only while
 // HTTP3Enabled.
 func (c *Config) AltSvcEnabled() bool { return c.AltSvc.Enabled == nil || *c.AltSvc.Enabled }
+
+// MetricsEnabled reports metrics.enabled, default true.
+func (c *Config) MetricsEnabled() bool { return c.Metrics.Enabled == nil || *c.Metrics.Enabled }
+
+// AccessLogEnabled reports access_log.enabled, default true.
+func (c *Config) AccessLogEnabled() bool { return c.AccessLog.Enabled == nil || *c.AccessLog.Enabled }
 
 // D returns d as a time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
@@ -493,6 +500,23 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 			return
 		}
 		v.SetInt(x)
+	case reflect.Float64:
+		// A YAML float or integer ("0.01", "1", "1e-3"); not .inf or .nan.
+		if r.Kind != yaml.ScalarNode || (r.ShortTag() != "!!float" && r.ShortTag() != "!!int") {
+			d.fail(path, n, fmt.Errorf("expected a number, got %s", describe(r)))
+			return
+		}
+		x, err := strconv.ParseFloat(strings.ReplaceAll(r.Value, "_", ""), 64)
+		if r.ShortTag() == "!!int" {
+			var i int64
+			i, err = parseYAMLInt(r.Value)
+			x = float64(i)
+		}
+		if err != nil || math.IsInf(x, 0) || math.IsNaN(x) {
+			d.fail(path, n, fmt.Errorf("invalid number %s", r.Value))
+			return
+		}
+		v.SetFloat(x)
 	default:
 		// Config holds no other kinds; a new field of another kind needs a case.
 		d.fail(path, n, fmt.Errorf("unsupported setting type %s", v.Type()))
@@ -806,6 +830,28 @@ func (c *Config) setDefaults() {
 	orDefault(&c.Admin.Listen, "127.0.0.1:9901")
 	orDefault(&c.Log.Level, "info")
 	orDefault(&c.Log.Format, "auto")
+	orDefault(&c.Log.Buffer, DefaultLogBuffer)
+	if c.AccessLog.Enabled == nil {
+		c.AccessLog.Enabled = new(true)
+	}
+	if c.AccessLog.SampleRatio == nil {
+		c.AccessLog.SampleRatio = new(1.0)
+	}
+	if c.AccessLog.Errors == nil {
+		c.AccessLog.Errors = new(true)
+	}
+	if c.Metrics.Enabled == nil {
+		c.Metrics.Enabled = new(true)
+	}
+	t := &c.Tracing
+	if t.SampleRatio == nil {
+		t.SampleRatio = new(0.01)
+	}
+	orDefault(&t.ServiceName, ProxyName)
+	orDefault(&t.QueueSize, 2048)
+	orDefault(&t.BatchSize, 512)
+	orDefault(&t.FlushInterval, Duration(5*time.Second))
+	orDefault(&t.Timeout, Duration(10*time.Second))
 
 	for i := range c.Clusters {
 		cl := &c.Clusters[i]
@@ -819,6 +865,7 @@ func (c *Config) setDefaults() {
 		orDefault(&cl.Pool.MaxConns, 256)
 		orDefault(&cl.Pool.MaxIdle, 64)
 		orDefault(&cl.Pool.IdleTimeout, Duration(90*time.Second))
+		// pool.max_requests and pool.max_lifetime default to 0: unlimited.
 		orDefault(&cl.Retries.Max, 2)
 		orDefault(&cl.Retries.BudgetPercent, 20)
 		orDefault(&cl.Retries.MinPerSecond, 10)
@@ -918,6 +965,36 @@ func (v *validator) nonNegative(path string, x int) {
 	}
 }
 
+func (v *validator) positive(path string, x int) {
+	if x < 1 {
+		v.errorf(path, "must be at least 1, got %d", x)
+	}
+}
+
+// ratio checks a fraction: 0 to 1; nil is the default.
+func (v *validator) ratio(path string, r *float64) {
+	if r != nil && !(*r >= 0 && *r <= 1) {
+		v.errorf(path, "must be between 0 and 1, got %v", *r)
+	}
+}
+
+// checkCollectorURL checks tracing.endpoint: an http or https URL with a host
+// and no query; spans go to its path + "/v1/traces".
+func checkCollectorURL(s string) error {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return fmt.Errorf("invalid URL %q", s)
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Errorf("%q: want an http:// or https:// URL, as in \"http://otel-collector:4318\"", s)
+	case u.Host == "":
+		return fmt.Errorf("%q: no host", s)
+	case u.RawQuery != "" || u.Fragment != "" || u.User != nil:
+		return fmt.Errorf("%q: a base URL has no query, fragment or user", s)
+	}
+	return nil
+}
+
 func (v *validator) duration(path string, d Duration) {
 	if d < 0 {
 		v.errorf(path, "must not be negative, got %s", d)
@@ -998,6 +1075,20 @@ func (v *validator) validate(c *Config) {
 
 	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	v.oneOf("log.format", c.Log.Format, "auto", "text", "json")
+	v.positive("log.buffer", c.Log.Buffer)
+	v.ratio("access_log.sample_ratio", c.AccessLog.SampleRatio)
+
+	t := c.Tracing
+	if t.Endpoint != "" {
+		if err := checkCollectorURL(t.Endpoint); err != nil {
+			v.add("tracing.endpoint", err)
+		}
+	}
+	v.ratio("tracing.sample_ratio", t.SampleRatio)
+	v.positive("tracing.queue_size", t.QueueSize)
+	v.positive("tracing.batch_size", t.BatchSize)
+	v.duration("tracing.flush_interval", t.FlushInterval)
+	v.duration("tracing.timeout", t.Timeout)
 
 	names := make(map[string]int, len(c.Clusters))
 	for i := range c.Clusters {
@@ -1102,6 +1193,8 @@ func (v *validator) cluster(i int, cl *ClusterConfig, names map[string]int) {
 	v.nonNegative(p+".pool.max_conns", cl.Pool.MaxConns)
 	v.nonNegative(p+".pool.max_idle", cl.Pool.MaxIdle)
 	v.duration(p+".pool.idle_timeout", cl.Pool.IdleTimeout)
+	v.nonNegative(p+".pool.max_requests", cl.Pool.MaxRequests)
+	v.duration(p+".pool.max_lifetime", cl.Pool.MaxLifetime)
 	v.duration(p+".try_timeout", cl.TryTimeout)
 	v.duration(p+".body_idle_timeout", cl.BodyIdleTimeout)
 	v.duration(p+".timeout", cl.Timeout)

@@ -149,7 +149,13 @@ func TestParseConfigFullExample(t *testing.T) {
 	check("DrainTimeout", c.DrainTimeout.D(), 30*time.Second)
 	check("ShutdownDelay", c.ShutdownDelay.D(), 5*time.Second)
 	check("Admin.Listen", c.Admin.Listen, "127.0.0.1:9901")
-	check("Log", c.Log, LogConfig{Level: "info", Format: "json"})
+	check("Log", c.Log, LogConfig{Level: "info", Format: "json", Buffer: 4096})
+	check("AccessLog", c.AccessLog, AccessLogConfig{Enabled: new(true), SampleRatio: new(0.1), Errors: new(true)})
+	check("Metrics", c.Metrics, MetricsConfig{Enabled: new(true)})
+	check("Tracing", c.Tracing, TracingConfig{
+		Endpoint: "http://otel-collector:4318", SampleRatio: new(0.01), SampleErrors: true, ServiceName: "edge-eu-1",
+		QueueSize: 2048, BatchSize: 512, FlushInterval: Duration(5 * time.Second), Timeout: Duration(10 * time.Second),
+	})
 	check("Routes", c.Routes, []RouteConfig{
 		{Host: "api.example.com", PathPrefix: "/v1", Cluster: "api"},
 		{Host: "*.example.com", PathPrefix: "/", Cluster: "web"},
@@ -225,8 +231,12 @@ clusters:
 		},
 		DrainTimeout: s(30 * time.Second),
 		Admin:        AdminConfig{Listen: "127.0.0.1:9901"},
-		Log:          LogConfig{Level: "info", Format: "auto"},
-		Routes:       []RouteConfig{{PathPrefix: "/", Cluster: "app"}},
+		Log:          LogConfig{Level: "info", Format: "auto", Buffer: 2048},
+		AccessLog:    AccessLogConfig{Enabled: new(true), SampleRatio: new(1.0), Errors: new(true)},
+		Metrics:      MetricsConfig{Enabled: new(true)},
+		Tracing: TracingConfig{SampleRatio: new(0.01), ServiceName: "proxynow", QueueSize: 2048, BatchSize: 512,
+			FlushInterval: s(5 * time.Second), Timeout: s(10 * time.Second)},
+		Routes: []RouteConfig{{PathPrefix: "/", Cluster: "app"}},
 		Clusters: []ClusterConfig{{
 			Name: "app", Servers: []string{"127.0.0.1:8080"}, Protocol: "h1", Balancing: "round_robin",
 			ConnectTimeout: s(5 * time.Second), ResponseHeaderTimeout: s(30 * time.Second),
@@ -357,6 +367,15 @@ func TestParseConfigInvalid(t *testing.T) {
 		{name: "admin conflicts", src: "listen: \":9000\"\nadmin:\n  listen: 127.0.0.1:9000\n", pos: "3:11", field: "admin.listen", msg: "conflicts with listen"},
 		{name: "log level", src: "log:\n  level: verbose\n", pos: "2:10", field: "log.level", msg: `"verbose" is not one of debug, info, warn, error`},
 		{name: "log format", src: "log:\n  format: xml\n", pos: "2:11", field: "log.format", msg: "not one of auto, text, json"},
+		{name: "log buffer", src: "log:\n  buffer: -5\n", pos: "2:11", field: "log.buffer", msg: "must be at least 1"},
+		{name: "access ratio", src: "access_log:\n  sample_ratio: 1.5\n", pos: "2:17", field: "access_log.sample_ratio", msg: "between 0 and 1, got 1.5"},
+		{name: "ratio type", src: "access_log:\n  sample_ratio: ten\n", pos: "2:17", field: "access_log.sample_ratio", msg: "expected a number"},
+		{name: "ratio nan", src: "tracing:\n  sample_ratio: .nan\n", pos: "2:17", field: "tracing.sample_ratio", msg: "invalid number"},
+		{name: "tracing ratio", src: "tracing:\n  sample_ratio: -0.1\n", pos: "2:17", field: "tracing.sample_ratio", msg: "between 0 and 1"},
+		{name: "tracing endpoint", src: "tracing:\n  endpoint: otel:4318\n", pos: "2:13", field: "tracing.endpoint", msg: "want an http:// or https:// URL"},
+		{name: "tracing endpoint host", src: "tracing:\n  endpoint: \"http://\"\n", pos: "2:13", field: "tracing.endpoint", msg: "no host"},
+		{name: "tracing batch", src: "tracing:\n  batch_size: -1\n", pos: "2:15", field: "tracing.batch_size", msg: "must be at least 1"},
+		{name: "metrics enabled", src: "metrics:\n  enabled: sometimes\n", pos: "2:12", field: "metrics.enabled", msg: "expected true or false"},
 		{name: "early data", src: "http3:\n  early_data: on\n", pos: "2:15", field: "http3.early_data", msg: "not one of off, safe"},
 		{name: "retry", src: "http3:\n  retry: sometimes\n", pos: "2:10", field: "http3.retry", msg: "not one of never, always, auto"},
 		{name: "negative count", src: "limits:\n  max_header_count: -1\n", pos: "2:21", field: "limits.max_header_count", msg: "must not be negative"},

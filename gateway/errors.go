@@ -16,7 +16,13 @@ type errorInfo struct {
 	proxyStatus string
 	// h2Reset and h3Reset are the RST_STREAM (RFC 9113 §7) and HTTP/3
 	// stream reset (RFC 9114 §8.1) codes used when the response has already
-	// started and the stream can only be reset.
+	// started and the stream can only be reset. REFUSED_STREAM and
+	// H3_REQUEST_REJECTED promise the request was not processed, so only
+	// codes the gateway raises before forwarding use them; CONNECT_ERROR is
+	// for CONNECT tunnels and not used for requests. The h3 server sends the
+	// h3 column (a test in cmd/proxynow checks they agree); x/net's HTTP/2
+	// server always sends INTERNAL_ERROR, so the h2 column is what a native
+	// HTTP/2 server will send.
 	h2Reset uint32
 	h3Reset uint64
 
@@ -32,13 +38,12 @@ const (
 	h2InternalError    = 0x2
 	h2RefusedStream    = 0x7
 	h2Cancel           = 0x8
-	h2ConnectError     = 0xa
 	h2EnhanceYourCalm  = 0xb
 	h3InternalError    = 0x102
 	h3ExcessiveLoad    = 0x107
 	h3RequestRejected  = 0x10b
 	h3RequestCancelled = 0x10c
-	h3ConnectError     = 0x10f
+	h3MessageError     = 0x10e
 )
 
 // ProxyName names this proxy in Proxy-Status fields.
@@ -54,19 +59,19 @@ var errorTable = func() (t [transport.NumCodes]errorInfo) {
 	}
 	set(transport.CodeNone, http.StatusOK, "", 0, 0)
 	set(transport.CodeNoRoute, http.StatusNotFound, "destination_not_found", h2InternalError, h3InternalError)
-	set(transport.CodeNoHealthyUpstream, http.StatusServiceUnavailable, "destination_unavailable", h2RefusedStream, h3RequestRejected)
-	set(transport.CodeConnectRefused, http.StatusBadGateway, "connection_refused", h2ConnectError, h3ConnectError)
-	set(transport.CodeConnectTimeout, http.StatusGatewayTimeout, "connection_timeout", h2ConnectError, h3ConnectError)
-	set(transport.CodeUpstreamTLS, http.StatusBadGateway, "tls_protocol_error", h2ConnectError, h3ConnectError)
-	set(transport.CodeUpstreamUnreachable, http.StatusBadGateway, "destination_ip_unroutable", h2ConnectError, h3ConnectError)
+	set(transport.CodeNoHealthyUpstream, http.StatusServiceUnavailable, "destination_unavailable", h2InternalError, h3InternalError)
+	set(transport.CodeConnectRefused, http.StatusBadGateway, "connection_refused", h2InternalError, h3InternalError)
+	set(transport.CodeConnectTimeout, http.StatusGatewayTimeout, "connection_timeout", h2InternalError, h3InternalError)
+	set(transport.CodeUpstreamTLS, http.StatusBadGateway, "tls_protocol_error", h2InternalError, h3InternalError)
+	set(transport.CodeUpstreamUnreachable, http.StatusBadGateway, "destination_ip_unroutable", h2InternalError, h3InternalError)
 	set(transport.CodeUpstreamReset, http.StatusBadGateway, "connection_terminated", h2InternalError, h3InternalError)
 	set(transport.CodeUpstreamProtocol, http.StatusBadGateway, "http_protocol_error", h2InternalError, h3InternalError)
 	set(transport.CodeResponseTimeout, http.StatusGatewayTimeout, "http_response_timeout", h2InternalError, h3InternalError)
 	set(transport.CodeClientCancelled, StatusClientClosedRequest, "", h2Cancel, h3RequestCancelled)
-	set(transport.CodeHeaderTooLarge, http.StatusRequestHeaderFieldsTooLarge, "http_request_error", h2InternalError, h3InternalError)
-	set(transport.CodeBodyTooLarge, http.StatusRequestEntityTooLarge, "http_request_error", h2Cancel, h3RequestCancelled)
-	set(transport.CodeURITooLong, http.StatusRequestURITooLong, "http_request_error", h2InternalError, h3InternalError)
-	set(transport.CodeBadRequest, http.StatusBadRequest, "http_request_error", h2InternalError, h3InternalError)
+	set(transport.CodeHeaderTooLarge, http.StatusRequestHeaderFieldsTooLarge, "http_request_error", h2InternalError, h3ExcessiveLoad)
+	set(transport.CodeBodyTooLarge, http.StatusRequestEntityTooLarge, "http_request_error", h2Cancel, h3ExcessiveLoad)
+	set(transport.CodeURITooLong, http.StatusRequestURITooLong, "http_request_error", h2InternalError, h3MessageError)
+	set(transport.CodeBadRequest, http.StatusBadRequest, "http_request_error", h2InternalError, h3MessageError)
 	set(transport.CodeNotImplemented, http.StatusNotImplemented, "http_request_error", h2InternalError, h3InternalError)
 	set(transport.CodeTooEarly, http.StatusTooEarly, "http_request_denied", h2RefusedStream, h3RequestRejected)
 	set(transport.CodeOverloaded, http.StatusServiceUnavailable, "connection_limit_reached", h2EnhanceYourCalm, h3ExcessiveLoad)

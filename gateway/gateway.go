@@ -23,6 +23,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/proxynow/proxynow/transport"
 )
 
@@ -54,6 +56,13 @@ type Options struct {
 	// HTTP3Port is the UDP port HTTP/3 is served on, 0 when HTTP/3 is off.
 	// Alt-Svc advertises it unless the config names another port.
 	HTTP3Port int
+	// Registerer receives the gateway's Prometheus metrics; one registry
+	// per Gateway. Nil: no metrics, and requests are not counted.
+	Registerer prometheus.Registerer
+	// AccessLog receives the access log's records, one per request logged
+	// (an *AsyncHandler, so that no request waits for the output). Nil: no
+	// access log, whatever the config says.
+	AccessLog slog.Handler
 }
 
 // Gateway proxies the streams servers yield to upstream clusters. It is a
@@ -69,6 +78,13 @@ type Gateway struct {
 	active  atomic.Int64  // streams being served, across configs
 	panics  atomic.Uint64 // panics recovered at the stream boundary
 	reloads atomic.Uint64 // successful reloads
+
+	metrics *metrics     // nil without Options.Registerer
+	access  slog.Handler // Options.AccessLog
+	// streams are the streams being served by downstream protocol,
+	// counted only with metrics.
+	streams [numProtos]atomic.Int64
+	spans   traceCounters
 
 	mu       sync.Mutex     // serialises Reload
 	closing  chan struct{}  // closed by Close: retiring pools close at once
@@ -86,6 +102,16 @@ type state struct {
 	altSvc   []string // the Alt-Svc value advertising HTTP/3; nil when off
 	maxBody  int64
 	loadedAt time.Time
+	routes   []*route
+
+	// Observability, compiled from the config. none is the metric children
+	// of requests that match no route, nil when metrics are off; access
+	// and tracer are nil when off; timed is set when one of them needs the
+	// time a request took.
+	none   *routeMetrics
+	access *accessLog
+	tracer *tracer
+	timed  bool
 
 	// refs counts the requests using this state; once a reload retired it
 	// and refs reaches zero, idle is closed and the pools of clusters the
@@ -161,9 +187,19 @@ func New(opts Options) (*Gateway, error) {
 	if opts.Config == nil || opts.Dialers == nil {
 		return nil, errors.New("gateway: Options.Config and Options.Dialers are required")
 	}
-	g := &Gateway{log: opts.Logger, drain: opts.Drain, dialers: opts.Dialers, h3Port: opts.HTTP3Port, closing: make(chan struct{})}
+	g := &Gateway{log: opts.Logger, drain: opts.Drain, dialers: opts.Dialers, h3Port: opts.HTTP3Port,
+		access: opts.AccessLog, closing: make(chan struct{})}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Registerer != nil {
+		var err error
+		if g.metrics, err = newMetrics(opts.Registerer); err != nil {
+			return nil, fmt.Errorf("gateway: metrics: %w", err)
+		}
+		if err := opts.Registerer.Register(newGatewayCollector(g)); err != nil {
+			return nil, fmt.Errorf("gateway: metrics: %w", err)
+		}
 	}
 	st, err := g.compile(opts.Config, nil)
 	if err != nil {
@@ -232,7 +268,64 @@ func (g *Gateway) compile(cfg *Config, old *state) (*state, error) {
 		routes = append(routes, &route{host: rc.Host, prefix: prefix, cluster: c, altSvc: alt && st.altSvc != nil, name: rc.Host + prefix})
 	}
 	st.router = newRouter(routes)
+	st.routes = routes
+	g.compileObservability(cfg, st, old)
 	return st, nil
+}
+
+// compileObservability resolves the metric children of the routes and
+// clusters of st and sets up its access log and tracer. The trace exporter of
+// old is kept when the tracing config did not change. It is called last in
+// compile: nothing after it can fail.
+func (g *Gateway) compileObservability(cfg *Config, st, old *state) {
+	if g.metrics != nil && cfg.MetricsEnabled() {
+		st.none = g.metrics.none
+		byCluster := make(map[*cluster]*clusterMetrics)
+		for _, rt := range st.routes {
+			cm := byCluster[rt.cluster]
+			if cm == nil {
+				cm = g.metrics.cluster(rt.cluster.name)
+				byCluster[rt.cluster] = cm
+			}
+			rt.m, rt.cm = g.metrics.route(rt.name, rt.cluster.name), cm
+		}
+	}
+	if g.access != nil && cfg.AccessLogEnabled() {
+		ratio, errs := 1.0, true
+		if r := cfg.AccessLog.SampleRatio; r != nil {
+			ratio = *r
+		}
+		if e := cfg.AccessLog.Errors; e != nil {
+			errs = *e
+		}
+		st.access = newAccessLog(g.access, ratio, errs)
+	}
+	if t := cfg.Tracing; t.Endpoint != "" {
+		ratio := 0.01
+		if t.SampleRatio != nil {
+			ratio = *t.SampleRatio
+		}
+		tr := &tracer{sampler: newSampler(ratio, t.ParentBased), sampleErrors: t.SampleErrors}
+		if old != nil && old.tracer != nil && reflect.DeepEqual(old.cfg.Tracing, t) {
+			tr.exp, tr.otlp = old.tracer.exp, old.tracer.otlp
+		} else {
+			tr.otlp = newOTLPExporter(exporterConfig{
+				endpoint: t.Endpoint, serviceName: t.ServiceName, queueSize: t.QueueSize, batchSize: t.BatchSize,
+				interval: time.Duration(t.FlushInterval), timeout: time.Duration(t.Timeout), log: g.log, counters: &g.spans,
+			})
+			tr.exp = tr.otlp
+		}
+		st.tracer = tr
+	}
+	st.timed = st.none != nil || st.access != nil || (st.tracer != nil && st.tracer.sampleErrors)
+}
+
+// exporter returns the trace exporter st owns, or nil.
+func (st *state) exporter() *otlpExporter {
+	if st == nil || st.tracer == nil {
+		return nil
+	}
+	return st.tracer.otlp
 }
 
 func (g *Gateway) newCluster(cc *ClusterConfig) (*cluster, error) {
@@ -271,6 +364,9 @@ func (g *Gateway) newCluster(cc *ClusterConfig) (*cluster, error) {
 			MaxConnsPerUpstream: cc.Pool.MaxConns,
 			MaxIdlePerUpstream:  cc.Pool.MaxIdle,
 			IdleTimeout:         time.Duration(cc.Pool.IdleTimeout),
+			MaxRequestsPerConn:  cc.Pool.MaxRequests,
+			MaxConnLifetime:     time.Duration(cc.Pool.MaxLifetime),
+			Unsharded:           cc.Pool.Unsharded,
 		}),
 	}
 	for _, s := range cc.Servers {
@@ -313,12 +409,24 @@ func (g *Gateway) Reload(cfg *Config, h3Port int) error {
 	}
 	g.state.Store(st)
 	g.reloads.Add(1)
+	for _, c := range st.clusters {
+		c.pool.SetShards(0) // a kept pool reads GOMAXPROCS again
+	}
 	old.retire()
+	if g.metrics != nil {
+		g.metrics.forget(old, st)
+	}
 	var dropped []*cluster
 	for _, c := range old.clusters {
 		if !slices.Contains(st.clusters, c) {
 			dropped = append(dropped, c)
 		}
+	}
+	// The old exporter, if replaced, sends the spans of the old config's
+	// last requests and closes.
+	oldExp := old.exporter()
+	if oldExp == st.exporter() {
+		oldExp = nil
 	}
 	timeout := time.Duration(cfg.DrainTimeout)
 	g.retiring.Go(func() {
@@ -339,6 +447,9 @@ func (g *Gateway) Reload(cfg *Config, h3Port int) error {
 			if err := c.shutdown(ctx); err != nil {
 				c.close()
 			}
+		}
+		if oldExp != nil {
+			oldExp.Close(ctx)
 		}
 	})
 	g.log.Info("config reloaded", "file", cfg.File, "hash", cfg.Hash()[:12],
@@ -392,6 +503,10 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		errs = append(errs, ctx.Err())
 	}
+	// Last: the spans of the requests that just finished.
+	if e := g.state.Load().exporter(); e != nil {
+		errs = append(errs, e.Close(ctx))
+	}
 	return errors.Join(errs...)
 }
 
@@ -402,6 +517,12 @@ func (g *Gateway) Close() error {
 		c.close()
 	}
 	g.retiring.Wait()
+	if e := g.state.Load().exporter(); e != nil {
+		// At once: an export in progress is aborted, queued spans dropped.
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		e.Close(ctx)
+	}
 	return nil
 }
 

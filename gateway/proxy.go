@@ -20,6 +20,18 @@ type exchange struct {
 	buf    []byte
 	body   limitedBody
 	sent   countedBody
+	obs    exchangeObs
+}
+
+// exchangeObs is what metrics, the access log and tracing need of one
+// request: proxy fills it, record reads it.
+type exchangeObs struct {
+	start  time.Time // zero when nothing needs the request's duration
+	route  *route    // nil when none matched
+	up     *upstreamServer
+	status int   // the upstream's status, sent downstream; 0 when the gateway answered itself
+	bytes  int64 // response body bytes written downstream
+	tr     reqTrace
 }
 
 var exchangePool = sync.Pool{New: func() any {
@@ -49,10 +61,23 @@ func (g *Gateway) ServeStream(s transport.ServerStream) {
 	defer st.release()
 	ex := exchangePool.Get().(*exchange)
 	ex.s = s
+	if st.timed {
+		ex.obs.start = time.Now() // the one full clock read of the request
+	}
+	if g.metrics != nil {
+		if p := s.Request().Proto; int(p) < numProtos {
+			g.streams[p].Add(1)
+			defer g.streams[p].Add(-1)
+		}
+	}
 	code := g.proxy(st, ex)
+	if !ex.obs.start.IsZero() {
+		g.record(st, ex, code)
+	}
 	ex.s = nil
 	ex.body = limitedBody{}
 	ex.sent = countedBody{}
+	ex.obs = exchangeObs{}
 	exchangePool.Put(ex)
 	if code != transport.CodeNone && g.log.Enabled(s.Context(), levelDebug) {
 		req := s.Request()
@@ -71,6 +96,12 @@ func (g *Gateway) proxy(st *state, ex *exchange) transport.Code {
 	stripHopByHop(h)
 	// The downstream server answered any Expect: 100-continue itself.
 	delete(h, "Expect")
+	if st.tracer != nil {
+		ex.obs.tr.begin(st.tracer, h)
+		if ex.obs.tr.sampled && ex.obs.start.IsZero() {
+			ex.obs.start = time.Now()
+		}
+	}
 
 	if req.EarlyData {
 		if !safeMethod(req.Method) {
@@ -82,6 +113,10 @@ func (g *Gateway) proxy(st *state, ex *exchange) transport.Code {
 	if rt == nil {
 		return fail(s, transport.CodeNoRoute)
 	}
+	ex.obs.route = rt
+	if req.Protocol != "" {
+		return g.tunnel(st, ex, rt) // a WebSocket upgrade: tunnel.go
+	}
 	if st.maxBody > 0 {
 		if req.ContentLength > st.maxBody {
 			return fail(s, transport.CodeBodyTooLarge)
@@ -91,14 +126,6 @@ func (g *Gateway) proxy(st *state, ex *exchange) transport.Code {
 			req.Body = &ex.body
 		}
 	}
-	setForwarded(h, req.RemoteAddr, req.Scheme, req.Authority, st.trusted)
-	// Via tells the upstream which protocol the client spoke (RFC 9110 §7.6.3).
-	if prior := h["Via"]; len(prior) > 0 {
-		h["Via"] = append(prior, viaValues[req.Proto][0])
-	} else {
-		h["Via"] = viaValues[req.Proto]
-	}
-
 	c := rt.cluster
 	if max := c.configRef.MaxConcurrentRequests; max > 0 {
 		if c.inflight.Add(1) > int64(max) {
@@ -128,7 +155,25 @@ func (g *Gateway) proxy(st *state, ex *exchange) transport.Code {
 		if up = c.pick(up); up == nil {
 			// None available: at once on the first attempt; after a
 			// failed one, its error tells the client more.
+			if attempt == 0 && rt.cm != nil {
+				rt.cm.upstreamError(last)
+			}
 			return fail(s, last)
+		}
+		ex.obs.up = up
+		if attempt == 0 {
+			if ex.obs.tr.sampled {
+				ex.obs.tr.upStart = time.Now().UnixNano()
+			}
+			// Only now that the request will go upstream.
+			setForwarded(h, req.RemoteAddr, req.Scheme, req.Authority, st.trusted)
+			// Via tells the upstream which protocol the client spoke
+			// (RFC 9110 §7.6.3).
+			if prior := h["Via"]; len(prior) > 0 {
+				h["Via"] = append(prior, viaValues[req.Proto][0])
+			} else {
+				h["Via"] = viaValues[req.Proto]
+			}
 		}
 		var err error
 		conn, resp, err = g.try(ctx, c, up, req, ex, dl)
@@ -139,6 +184,9 @@ func (g *Gateway) proxy(st *state, ex *exchange) transport.Code {
 			return fail(s, transport.CodeBodyTooLarge)
 		}
 		code := codeOf(ctx, err)
+		if rt.cm != nil {
+			rt.cm.upstreamError(code)
+		}
 		if code == transport.CodeOverloaded || code == transport.CodeClientCancelled {
 			return fail(s, code)
 		}
@@ -150,6 +198,10 @@ func (g *Gateway) proxy(st *state, ex *exchange) transport.Code {
 		g.log.Debug("retrying", "cluster", c.name, "upstream", up.addr, "code", code.String(), "attempt", attempt+1)
 	}
 	c.report(up, outlierFailure(transport.CodeNone, resp.Status))
+	if rt.cm != nil {
+		rt.cm.upstreamDuration.Observe(time.Since(ex.obs.start).Seconds())
+	}
+	ex.obs.status = resp.Status
 
 	rh := resp.Header
 	stripHopByHop(rh)
@@ -170,7 +222,10 @@ func (g *Gateway) proxy(st *state, ex *exchange) transport.Code {
 	if err := s.WriteHeader(resp.Status, rh, length); err != nil {
 		code = transport.CodeClientCancelled
 	} else {
-		code = copyBody(s, resp.Body, ex.buf, length < 0, dl)
+		code = copyBody(s, resp.Body, ex.buf, length < 0, dl, &ex.obs.bytes)
+		if code != transport.CodeNone && rt.cm != nil {
+			rt.cm.upstreamError(code) // client_cancelled is not counted
+		}
 	}
 	resp.Body.Close()
 	c.pool.Put(conn)
@@ -189,14 +244,17 @@ func (g *Gateway) proxy(st *state, ex *exchange) transport.Code {
 	return code
 }
 
-// copyBody streams the upstream body to the client with the pooled buffer.
-// flush sends each piece at once, for bodies of unknown length (streams, SSE).
-func copyBody(s transport.ServerStream, body io.Reader, buf []byte, flush bool, dl *deadlines) transport.Code {
+// copyBody streams the upstream body to the client with the pooled buffer,
+// adding the bytes written to *written. flush sends each piece at once, for
+// bodies of unknown length (streams, SSE).
+func copyBody(s transport.ServerStream, body io.Reader, buf []byte, flush bool, dl *deadlines, written *int64) transport.Code {
 	for {
 		dl.bodyRead()
 		n, rerr := body.Read(buf)
 		if n > 0 {
-			if _, err := s.Write(buf[:n]); err != nil {
+			w, err := s.Write(buf[:n])
+			*written += int64(w)
+			if err != nil {
 				return transport.CodeClientCancelled
 			}
 			if flush {
@@ -217,6 +275,77 @@ func copyBody(s transport.ServerStream, body io.Reader, buf []byte, flush bool, 
 			}
 			return transport.CodeUpstreamReset
 		}
+	}
+}
+
+// record counts, logs and traces a request that has ended with code. It
+// reads the clock once; the rest is atomic adds, and allocations only for the
+// requests the access log or a trace keeps.
+func (g *Gateway) record(st *state, ex *exchange, code transport.Code) {
+	o := &ex.obs
+	d := time.Since(o.start)
+	req := ex.s.Request()
+	status, bytes := o.status, o.bytes
+	switch {
+	case code == transport.CodeClientCancelled:
+		status = StatusClientClosedRequest // whatever had been sent
+	case status == 0: // the gateway answered
+		status = StatusFor(code)
+		if req.Method != http.MethodHead {
+			bytes = infoFor(code).contentLength
+		}
+	}
+	if st.none != nil {
+		m := st.none
+		if o.route != nil {
+			m = o.route.m
+		}
+		m.observe(req.Proto, status, d)
+	}
+	if st.access == nil && st.tracer == nil {
+		return
+	}
+	failed := failedRequest(status, code)
+	tr := &o.tr
+	if st.tracer != nil && !tr.sampled && st.tracer.sampleErrors && failed {
+		// Tail sampling of an error: the upstream was not told. Its span
+		// starts with the request, the only time read.
+		tr.start(nil)
+		tr.upStart = o.start.UnixNano()
+	}
+	end := o.start.Add(d)
+	var upstream, cluster, routeName, upProto string
+	if o.up != nil {
+		upstream = o.up.addr
+	}
+	if o.route != nil {
+		routeName, cluster, upProto = o.route.name, o.route.cluster.name, o.route.cluster.protocol
+	}
+	if st.access != nil && st.access.want(failed) {
+		e := &accessEntry{
+			proto: req.Proto, method: req.Method, authority: req.Authority, path: req.Path,
+			status: status, bytes: bytes, duration: d, upstream: upstream, code: code, client: req.RemoteAddr,
+		}
+		if tr.sampled {
+			e.trace, e.span = tr.trace, tr.server
+		}
+		st.access.write(end, e)
+	}
+	if tr.sampled && st.tracer != nil {
+		r := &spanRecord{
+			trace: tr.trace, server: tr.server, traceState: tr.state,
+			start: o.start.UnixNano(), end: end.UnixNano(),
+			method: req.Method, scheme: req.Scheme, authority: req.Authority, path: req.Path,
+			proto: req.Proto, status: status, code: code, route: routeName, cluster: cluster,
+			upstream: upstream, clientAddr: req.RemoteAddr, bytesOut: bytes, upstreamProtocol: upProto, upStatus: o.status,
+		}
+		if tr.hasParent {
+			r.parent = tr.parent.parent
+		}
+		if o.up != nil && tr.upStart != 0 {
+			r.client, r.upStart, r.upEnd = tr.client, tr.upStart, end.UnixNano()
+		}
+		st.tracer.exp.export(r)
 	}
 }
 
@@ -253,7 +382,7 @@ func (g *Gateway) try(ctx context.Context, c *cluster, up *upstreamServer, req *
 		}
 		defer c.pending.Add(-1)
 	}
-	conn, err := c.pool.Get(ctx, up.addr)
+	conn, err := c.pool.GetShard(ctx, up.addr, req.Shard)
 	if err != nil {
 		return nil, nil, err
 	}

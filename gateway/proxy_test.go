@@ -197,3 +197,66 @@ func (r *rewindReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 func (r *rewindReader) Close() error { return nil }
+
+// BenchmarkProxyRefused measures the failure path: every dial is refused.
+// Compare its allocations with BenchmarkProxyFake's success path.
+func BenchmarkProxyRefused(b *testing.B) {
+	cfg, err := ParseConfig("bench.yaml", []byte(`
+clusters:
+  - {name: app, servers: ["127.0.0.1:1"], retries: {max: -1}, outlier_detection: {consecutive_failures: -1}}
+`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	refused := transport.CodeConnectRefused.Err()
+	g, err := New(Options{Config: cfg, Dialers: func(DialerSpec) (transport.Dialer, error) {
+		return transport.DialerFunc(func(context.Context, string) (transport.Conn, error) { return nil, refused }), nil
+	}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer g.Close()
+	req := newReq("GET", false, "")
+	s := &fakeStream{ctx: context.Background(), req: req}
+	b.ReportAllocs()
+	for b.Loop() {
+		req.Header = http.Header{"User-Agent": {"bench"}}
+		s.body.Reset()
+		g.ServeStream(s)
+		if s.status != 502 {
+			b.Fatalf("status %d", s.status)
+		}
+	}
+}
+
+// BenchmarkProxyEjected measures the failure path once outlier detection has
+// ejected the only upstream: 503 at once, no dial.
+func BenchmarkProxyEjected(b *testing.B) {
+	cfg, err := ParseConfig("bench.yaml", []byte(`
+clusters:
+  - {name: app, servers: ["127.0.0.1:1"], retries: {max: -1}, outlier_detection: {consecutive_failures: 1, base_ejection: 1h}}
+`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	refused := transport.CodeConnectRefused.Err()
+	g, err := New(Options{Config: cfg, Dialers: func(DialerSpec) (transport.Dialer, error) {
+		return transport.DialerFunc(func(context.Context, string) (transport.Conn, error) { return nil, refused }), nil
+	}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer g.Close()
+	req := newReq("GET", false, "")
+	s := &fakeStream{ctx: context.Background(), req: req}
+	g.ServeStream(s) // the refusal that ejects
+	b.ReportAllocs()
+	for b.Loop() {
+		req.Header = http.Header{"User-Agent": {"bench"}}
+		s.body.Reset()
+		g.ServeStream(s)
+		if s.status != 503 {
+			b.Fatalf("status %d", s.status)
+		}
+	}
+}

@@ -12,6 +12,11 @@ type route struct {
 	cluster *cluster
 	altSvc  bool // advertise HTTP/3 on this route
 	name    string
+
+	// m and cm are the metric children of the route and of its cluster,
+	// resolved when the config is compiled; nil when metrics are off.
+	m  *routeMetrics
+	cm *clusterMetrics
 }
 
 // hostRoutes are the routes of one host pattern, longest prefix first.

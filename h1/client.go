@@ -522,7 +522,9 @@ func (c *conn) RoundTrip(ctx context.Context, req *transport.Request) (*transpor
 
 	body := req.Body
 	cl := req.ContentLength
-	if body == nil || body == http.NoBody {
+	if body == nil || body == http.NoBody || req.Protocol != "" {
+		// An upgrade request has no content: its tunnel bytes go
+		// through the 101 response's body.
 		body, cl = nil, 0
 	} else if cl == 0 {
 		body = nil
@@ -590,9 +592,15 @@ func sendsContentLength0(m string) bool {
 
 // writeHead buffers the request head. The target is req.Path as is, Host is
 // req.Authority, the fields are req.Header's but Host and the framing
-// fields, which come from cl: -1 is chunked. Nothing else is added.
+// fields, which come from cl: -1 is chunked. Nothing else is added, except
+// for an upgrade request (req.Protocol "websocket"): its Connection and
+// Upgrade fields are the conn's own.
 func (c *conn) writeHead(req *transport.Request, cl int64) error {
 	if !isToken(req.Method) || !validTarget(req.Path) || !validTarget(req.Authority) && req.Authority != "" {
+		return errInvalidRequest
+	}
+	upgrade := req.Protocol != ""
+	if upgrade && req.Protocol != "websocket" {
 		return errInvalidRequest
 	}
 	bw := c.bw
@@ -608,8 +616,15 @@ func (c *conn) writeHead(req *transport.Request, cl int64) error {
 		case kindHost, kindContentLength, kindTransferEncoding:
 			continue
 		case kindConnection:
+			if upgrade {
+				continue
+			}
 			for _, v := range vv {
 				c.reqClose = c.reqClose || hasTokenString(v, "close")
+			}
+		case kindUpgrade:
+			if upgrade {
+				continue
 			}
 		}
 		if !isToken(k) {
@@ -624,6 +639,9 @@ func (c *conn) writeHead(req *transport.Request, cl int64) error {
 			bw.WriteString(v)
 			bw.WriteString("\r\n")
 		}
+	}
+	if upgrade {
+		bw.WriteString("Connection: Upgrade\r\nUpgrade: websocket\r\n")
 	}
 	switch {
 	case cl < 0:
@@ -775,7 +793,10 @@ func (c *conn) readResponse(req *transport.Request) (*transport.Response, error)
 		str := string(c.blk.buf)
 		if status < 200 {
 			if status == http.StatusSwitchingProtocols {
-				return nil, errUpgrade
+				if req.Protocol == "" {
+					return nil, errUpgrade
+				}
+				return c.newTunnel(str)
 			}
 			if n1xx >= max1xx {
 				return nil, errTooMany1xx
@@ -845,7 +866,10 @@ func (c *conn) newResponse(req *transport.Request, str string, status int, http1
 		return nil, errUpstreamProtocol
 	}
 
-	b := &respBody{c: c, reuse: !http10 && !connClose && !c.reqClose}
+	// The conn of an upgrade request is not reused even when the upgrade
+	// was declined: upgrades are rare, and a fresh conn leaves no doubt
+	// about what the old one carries next.
+	b := &respBody{c: c, reuse: !http10 && !connClose && !c.reqClose && req.Protocol == ""}
 	resp := &b.resp
 	resp.Status = status
 	resp.Body = b
@@ -994,5 +1018,148 @@ func (b *respBody) Close() error {
 		b.eof = true
 	}
 	c.end(b.eof && b.reuse && b.err == nil)
+	return nil
+}
+
+// newTunnel builds the response to an accepted upgrade from the 101 head in
+// c.fs and str. The upstream must have switched to the protocol asked for:
+// Upgrade: websocket and Connection: upgrade (RFC 6455 §4.1), else the
+// response is CodeUpstreamProtocol.
+func (c *conn) newTunnel(str string) (*transport.Response, error) {
+	buf := c.blk.buf
+	upgrade, connUpgrade := false, false
+	for i := range c.fs {
+		f := &c.fs[i]
+		v := buf[f.value.start:f.value.end]
+		switch f.kind {
+		case kindUpgrade:
+			upgrade = upgrade || hasToken(v, "websocket")
+		case kindConnection:
+			connUpgrade = connUpgrade || hasToken(v, "upgrade")
+		}
+	}
+	if !upgrade || !connUpgrade {
+		return nil, errUpstreamProtocol
+	}
+	t := &tunnelBody{c: c, ctx: c.ctx}
+	resp := &t.resp
+	resp.Status = http.StatusSwitchingProtocols
+	resp.ContentLength = -1
+	resp.Body = t
+	resp.Header = buildHeader(str, c.fs, kindContentLength|kindTransferEncoding|kindConnection|kindUpgrade)
+	for i := range c.fs {
+		if f := &c.fs[i]; f.kind == kindConnection {
+			dropConnectionFields(resp.Header, str[f.value.start:f.value.end])
+		}
+	}
+	c.mu.Lock()
+	c.headDone = true
+	t.nc, t.raw = c.nc, c.raw
+	c.nc.SetReadDeadline(time.Time{})
+	c.mu.Unlock()
+	return resp, nil
+}
+
+// tunnelBody is the body of a 101 response: the upstream's side of the
+// tunnel, and, embedded, its response. Read and Close are for one
+// goroutine, Write and CloseWrite for another (the two directions of the
+// tunnel); Close may be called while a Write blocks, and fails it. Close
+// closes the conn: it is never reused after an upgrade.
+type tunnelBody struct {
+	resp    transport.Response
+	c       *conn
+	ctx     context.Context // the round trip's: its end closes the conn
+	nc, raw net.Conn        // the conn and the TCP conn under it
+	closed  atomic.Bool
+	eof     bool  // the upstream closed its side; Read's goroutine only
+	err     error // sticky read error; Read's goroutine only
+
+	wmu     sync.Mutex // guards wclosed; held during Write and CloseWrite
+	wclosed bool
+}
+
+// errTunnelWriteClosed is Write's error after CloseWrite.
+var errTunnelWriteClosed = errors.New("h1: write after CloseWrite")
+
+// Read reads the upstream's tunnel bytes, those that came with the 101 head
+// first. Its errors: io.EOF once the upstream closed its side, the round
+// trip ctx's cause (or CodeClientCancelled) when it ended, and
+// CodeUpstreamReset when the conn failed.
+func (t *tunnelBody) Read(p []byte) (int, error) {
+	switch {
+	case t.closed.Load():
+		return 0, errBodyClosed
+	case t.err != nil:
+		return 0, t.err
+	case t.eof:
+		return 0, io.EOF
+	case len(p) == 0:
+		return 0, nil
+	}
+	n, err := t.c.br.Read(p)
+	if err == io.EOF && !t.c.aborted.Load() {
+		t.eof = true
+		return n, io.EOF
+	}
+	if err != nil {
+		t.err = t.mapError()
+		return n, t.err
+	}
+	return n, nil
+}
+
+// mapError is the error of a failed read or write of the tunnel.
+func (t *tunnelBody) mapError() error {
+	if t.ctx != nil && t.ctx.Err() != nil {
+		return ctxError(t.ctx)
+	}
+	return errUpstreamReset
+}
+
+// Write writes p to the upstream at once. Its errors are those of Read,
+// and an error after CloseWrite.
+func (t *tunnelBody) Write(p []byte) (int, error) {
+	t.wmu.Lock()
+	defer t.wmu.Unlock()
+	if t.wclosed || t.closed.Load() {
+		return 0, errTunnelWriteClosed
+	}
+	n, err := t.nc.Write(p)
+	if err != nil {
+		return n, t.mapError()
+	}
+	return n, nil
+}
+
+// CloseWrite ends the tunnel towards the upstream (a TLS close_notify, then
+// a TCP half-close); the upstream's side stays readable.
+func (t *tunnelBody) CloseWrite() error {
+	t.wmu.Lock()
+	defer t.wmu.Unlock()
+	if t.wclosed {
+		return nil
+	}
+	t.wclosed = true
+	var err error
+	if tc, ok := t.nc.(*tls.Conn); ok {
+		err = tc.CloseWrite()
+	}
+	if tc, ok := t.raw.(interface{ CloseWrite() error }); ok {
+		if e := tc.CloseWrite(); err == nil {
+			err = e
+		}
+	}
+	if err != nil {
+		return t.mapError()
+	}
+	return nil
+}
+
+// Close ends the tunnel both ways: it closes the conn and frees its slot.
+func (t *tunnelBody) Close() error {
+	if t.closed.Swap(true) {
+		return nil
+	}
+	t.c.end(false)
 	return nil
 }

@@ -25,7 +25,7 @@
 //     (the HTTP/2 preface included), a target with bytes outside visible ASCII
 //     or a '#', "*" with a method other than OPTIONS, an absolute-form target
 //     whose authority is not a valid host (userinfo included).
-//   - 501 for CONNECT (no tunnelling yet).
+//   - 501 for CONNECT (the only tunnels are WebSocket upgrades, below).
 //   - 400 for lines ending in a bare LF: CRLF is required. RFC 9112 §2.2
 //     lets a recipient accept a bare LF; we do not, as two parsers that
 //     disagree on line ends are how smuggling starts. Up to the byte limit,
@@ -64,6 +64,17 @@
 // after the response. An unread body is drained up to 256 KiB after the
 // response to keep the conn alive.
 //
+// A GET of HTTP/1.1 without content, with Upgrade: websocket and Connection:
+// upgrade, is a WebSocket upgrade (RFC 6455 §4.1): its Request.Protocol is
+// "websocket", and its fields, hop-by-hop ones, stay in Header. A handler
+// accepts it with WriteHeader(101, ...): the 101 goes out at once with the
+// server's own Upgrade and Connection fields, the body then reads the
+// client's bytes (those that came with the head first), Write sends raw
+// bytes, Finish half-closes the conn and Reset closes it; the conn serves
+// no other request. Any other status declines the upgrade, and the conn
+// closes after the response. Other upgrades (h2c among them) are not
+// honoured: the request is an ordinary one, and 101 is refused for it.
+//
 // The response framing comes from WriteHeader's contentLength: no body for
 // HEAD (with Content-Length when known), 1xx, 204 and 304; Content-Length
 // when known; chunked for HTTP/1.1; close-delimited for HTTP/1.0. Fields a
@@ -98,4 +109,16 @@
 // upstream conn only. A conn that sat idle for over a second is checked with a
 // non-blocking peek before reuse, and redialed when the upstream closed it:
 // nothing was sent, so nothing is lost.
+//
+// A request with Protocol "websocket" is sent as an upgrade: without
+// content or framing fields, with Connection: Upgrade and Upgrade: websocket
+// of the client's own (req.Header's Connection and Upgrade are left out) and
+// the request's other fields, Sec-WebSocket-* among them. An upstream that
+// answers 101 must switch to WebSocket (Upgrade: websocket, Connection:
+// upgrade) or the round trip fails with CodeUpstreamProtocol; the
+// Response's Body is then the tunnel: it reads the upstream's bytes, and it
+// is also an io.Writer and has CloseWrite() error, to send bytes and
+// half-close. Closing it closes the conn. An upstream's other answer is an
+// ordinary response. Either way the conn is not reused; a 101 to any other
+// request is CodeUpstreamProtocol.
 package h1

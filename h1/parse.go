@@ -148,6 +148,7 @@ const (
 	kindTransferEncoding
 	kindExpect
 	kindConnection
+	kindUpgrade
 )
 
 // field is one parsed field line: offsets into the block's buffer (and into
@@ -231,6 +232,10 @@ func kindOf(name []byte) uint8 {
 	case 6:
 		if string(name) == "Expect" {
 			return kindExpect
+		}
+	case 7:
+		if string(name) == "Upgrade" {
+			return kindUpgrade
 		}
 	case 10:
 		if string(name) == "Connection" {

@@ -26,6 +26,7 @@ type serverConn struct {
 	tls    bool
 	remote netip.AddrPort
 	start  time.Time
+	shard  uint32 // transport.Request.Shard of its requests
 
 	ctx    context.Context // cancelled when the client goes away or the conn closes
 	cancel context.CancelCauseFunc
@@ -62,6 +63,7 @@ func (c *serverConn) closeIfIdle() {
 }
 
 func (c *serverConn) serve() {
+	c.shard = transport.NextShard()
 	c.br = readerPool.Get().(*bufio.Reader)
 	c.br.Reset(&c.cr)
 	c.bw = writerPool.Get().(*bufio.Writer)
@@ -94,9 +96,10 @@ func (c *serverConn) serve() {
 		}
 		// The body's reads have no deadline: the handler bounds them.
 		c.nc.SetReadDeadline(time.Time{})
-		if st.body == nil {
+		if st.body == nil || st.body.tunnel {
 			// Watch for the client going away while the handler works
-			// (a body's reader starts the watch at its EOF).
+			// (a body's reader starts the watch at its EOF; an upgrade's
+			// stops it when the protocols switch).
 			c.cr.startBackgroundRead()
 		}
 		if c.runHandler(st) {
@@ -225,15 +228,21 @@ func (c *serverConn) writeSimple(status int, msg string) {
 // would send a TCP RST that could destroy the response before the client
 // reads it.
 func (c *serverConn) closeGracefully() {
+	c.closeWrite()
+	c.cr.abortPendingRead()
+	c.nc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	io.CopyN(io.Discard, c.raw, 256<<10)
+}
+
+// closeWrite half-closes the conn: the client reads the end of the stream
+// (after a TLS close_notify) while it can still send.
+func (c *serverConn) closeWrite() {
 	if tc, ok := c.nc.(interface{ CloseWrite() error }); ok && c.tls {
 		tc.CloseWrite() // close_notify
 	}
 	if tc, ok := c.raw.(interface{ CloseWrite() error }); ok {
 		tc.CloseWrite()
 	}
-	c.cr.abortPendingRead()
-	c.nc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-	io.CopyN(io.Discard, c.raw, 256<<10)
 }
 
 // readRequest reads and checks one request head and fills st for it. Any
@@ -340,6 +349,7 @@ func (c *serverConn) readRequest(st *stream) error {
 	te, chunked := false, false
 	expects := 0
 	expectContinue := false
+	connUpgrade, upgradeWS := false, false
 	for i := range c.fs {
 		f := &c.fs[i]
 		v := buf[f.value.start:f.value.end]
@@ -365,6 +375,13 @@ func (c *serverConn) readRequest(st *stream) error {
 			}
 			if hasToken(v, "keep-alive") {
 				st.keepAlive = true
+			}
+			if hasToken(v, "upgrade") {
+				connUpgrade = true
+			}
+		case kindUpgrade:
+			if hasToken(v, "websocket") {
+				upgradeWS = true
 			}
 		}
 	}
@@ -400,13 +417,29 @@ func (c *serverConn) readRequest(st *stream) error {
 		st.expectContinue = !st.http10
 	}
 
+	// A WebSocket upgrade: a GET without content, in HTTP/1.1 (RFC 6455
+	// §4.1; an HTTP/1.0 Upgrade is ignored, RFC 9110 §7.8). Any other
+	// upgrade is not honoured: its fields stay in Header, hop-by-hop fields
+	// for the handler to strip.
+	if connUpgrade && upgradeWS && !st.http10 && req.Method == http.MethodGet && !te && cl <= 0 {
+		req.Protocol = "websocket"
+	}
+
 	req.Scheme = c.scheme
 	req.Header = buildHeader(str, c.fs, kindHost|kindContentLength|kindTransferEncoding|kindExpect)
 	req.Proto = transport.ProtoHTTP1
 	req.RemoteAddr = c.remote
+	req.Shard = c.shard
 	req.TLS = c.tls
 	st.isHead = req.Method == http.MethodHead
 	switch {
+	case req.Protocol != "":
+		// No content; after 101 the body is the client's side of the
+		// tunnel.
+		req.ContentLength = 0
+		st.body = &body{st: st, tunnel: true}
+		req.Body = st.body
+		st.expectContinue = false
 	case te:
 		req.ContentLength = -1
 		st.body = &body{st: st, chunked: true}

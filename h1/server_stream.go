@@ -42,6 +42,7 @@ type stream struct {
 	werr        error
 
 	resetCode atomic.Uint32 // Code+1 once Reset was called
+	switched  atomic.Bool   // an upgrade was accepted: the body is the tunnel
 	scratch   [24]byte
 }
 
@@ -60,6 +61,7 @@ const (
 	modeLength               // Content-Length
 	modeChunked              // Transfer-Encoding: chunked
 	modeClose                // delimited by closing the conn (HTTP/1.0)
+	modeTunnel               // after 101: raw bytes, ended by a half-close
 )
 
 // The errors of the stream's methods.
@@ -83,6 +85,7 @@ func (s *stream) reset() {
 	s.wroteHeader, s.finished, s.closeAfter = false, false, false
 	s.mode, s.cl, s.written, s.werr = modeNone, 0, 0, nil
 	s.resetCode.Store(0)
+	s.switched.Store(false)
 }
 
 // Context is cancelled, with cause CodeClientCancelled, when the client goes
@@ -148,11 +151,19 @@ func (s *stream) sendContinue() {
 // close-delimited for HTTP/1.0. Framing fields and Connection in h are
 // ignored (a "close" token in Connection closes the conn after the
 // response). Date is added unless h has it.
+//
+// For an upgrade request (Request.Protocol set), status 101 accepts the
+// upgrade: the head is sent at once with Upgrade and Connection fields of
+// its own (those in h are ignored) and contentLength is ignored; from then
+// on Write sends raw tunnel bytes, the request body reads the client's, and
+// Finish half-closes the conn. Any other status declines the upgrade and
+// closes the conn after the response.
 func (s *stream) WriteHeader(status int, h http.Header, contentLength int64) error {
 	if s.wroteHeader {
 		return errHeaderWritten
 	}
-	if status < 200 || status > 999 {
+	upgrade := s.req.Protocol != ""
+	if (status < 200 || status > 999) && !(status == http.StatusSwitchingProtocols && upgrade) {
 		return errBadStatus
 	}
 	if s.resetCode.Load() != 0 {
@@ -160,6 +171,12 @@ func (s *stream) WriteHeader(status int, h http.Header, contentLength int64) err
 	}
 	s.wroteHeader = true
 	c := s.c
+	if status == http.StatusSwitchingProtocols {
+		return s.switchProtocols(h)
+	}
+	if upgrade {
+		s.closeAfter = true // the client may have counted on the switch
+	}
 	if s.expectContinue {
 		s.contMu.Lock()
 		if s.cont.CompareAndSwap(contPending, contDisabled) {
@@ -222,16 +239,41 @@ func (s *stream) WriteHeader(status int, h http.Header, contentLength int64) err
 	return nil
 }
 
+// switchProtocols sends the 101 response to an upgrade request and turns the
+// stream into the tunnel. The conn never serves another request.
+func (s *stream) switchProtocols(h http.Header) error {
+	c := s.c
+	s.mode = modeTunnel
+	s.closeAfter = true
+	// The tunnel's bytes are read through c.br from now on: the watch for
+	// the client going away must not take one.
+	c.cr.abortPendingRead()
+	s.switched.Store(true)
+	bw := c.bw
+	bw.Write(statusLine(http.StatusSwitchingProtocols))
+	s.writeFields(h)
+	bw.WriteString("Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+	if err := bw.Flush(); err != nil {
+		return s.writeFailed()
+	}
+	return nil
+}
+
 // writeFields writes the fields of h, leaving out framing fields, Connection,
 // and any field that is not valid on the wire (a name that is not a token, a
 // value with CR, LF or another control character), so that nothing a handler
-// passes on can split a response.
+// passes on can split a response. A 101 response leaves out Upgrade too: the
+// stream writes its own.
 func (s *stream) writeFields(h http.Header) (hasDate, connClose bool) {
 	bw := s.c.bw
 	for k, vv := range h {
 		switch fieldKind(k) {
 		case kindContentLength, kindTransferEncoding:
 			continue
+		case kindUpgrade:
+			if s.mode == modeTunnel {
+				continue
+			}
 		case kindConnection:
 			for _, v := range vv {
 				if hasTokenString(v, "close") {
@@ -271,6 +313,10 @@ func fieldKind(k string) uint8 {
 		if equalFoldString(k, "host") {
 			return kindHost
 		}
+	case 7:
+		if equalFoldString(k, "upgrade") {
+			return kindUpgrade
+		}
 	case 10:
 		if equalFoldString(k, "connection") {
 			return kindConnection
@@ -305,7 +351,8 @@ func equalFoldString(s, lower string) bool {
 
 // Write writes body bytes, in chunks when the response is chunked. Bytes
 // beyond the Content-Length are not sent (errBodyTooLong); bytes of a
-// bodyless response are discarded.
+// bodyless response are discarded. After 101 it writes tunnel bytes as
+// they are.
 func (s *stream) Write(p []byte) (int, error) {
 	if !s.wroteHeader {
 		return 0, errNoHeader
@@ -348,7 +395,7 @@ func (s *stream) Write(p []byte) (int, error) {
 		}
 		s.written += int64(n)
 		return n, nil
-	default: // modeClose
+	default: // modeClose, modeTunnel
 		n, err := bw.Write(p)
 		s.written += int64(n)
 		if err != nil {
@@ -385,7 +432,10 @@ func (s *stream) flush() error {
 // Finish ends the response: the last chunk and the trailer fields for a
 // chunked body (trailers are dropped for other framings); for a
 // Content-Length body shorter than declared, the conn is closed after the
-// bytes written, so the client sees the truncation (errBodyTooShort).
+// bytes written, so the client sees the truncation (errBodyTooShort). After
+// 101 it flushes and half-closes the conn: the client reads the end of the
+// tunnel, and the request body still reads what the client sends until it
+// closes its side too.
 func (s *stream) Finish(trailer http.Header) error {
 	if !s.wroteHeader {
 		return errNoHeader
@@ -425,6 +475,9 @@ func (s *stream) Finish(trailer http.Header) error {
 	if err := s.flush(); err != nil {
 		return err
 	}
+	if s.mode == modeTunnel {
+		s.c.closeWrite()
+	}
 	return short
 }
 
@@ -455,6 +508,10 @@ type body struct {
 	done      bool  // read to the end
 	closed    bool  // the exchange ended
 	err       error // sticky read error
+
+	// tunnel marks the body of an upgrade request: empty until the
+	// protocols switch, then the client's tunnel bytes until it closes.
+	tunnel bool
 }
 
 // maxDrain is how much of an unread request body the server reads and
@@ -463,7 +520,9 @@ const maxDrain = 256 << 10
 
 // Read reads the body. Its errors: io.EOF at the end (the trailers, if any,
 // are then in the Request), CodeBadRequest for a malformed chunked body, and
-// CodeClientCancelled when the client disconnects before the end.
+// CodeClientCancelled when the client disconnects before the end. The body
+// of an upgrade request reads io.EOF until the protocols switch, then the
+// client's bytes, and io.EOF once it half-closes.
 func (b *body) Read(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -478,6 +537,9 @@ func (b *body) Read(p []byte) (int, error) {
 		return 0, nil
 	}
 	st := b.st
+	if b.tunnel {
+		return b.readTunnel(p)
+	}
 	st.sendContinue()
 	var n int
 	var err error
@@ -516,6 +578,25 @@ func (b *body) Read(p []byte) (int, error) {
 	}
 }
 
+// readTunnel reads the client's tunnel bytes; b.mu is held.
+func (b *body) readTunnel(p []byte) (int, error) {
+	st := b.st
+	if !st.switched.Load() {
+		return 0, io.EOF // no content before the switch
+	}
+	n, err := st.c.br.Read(p)
+	switch err {
+	case nil:
+		return n, nil
+	case io.EOF:
+		b.done = true
+		return n, io.EOF
+	}
+	b.err = transport.CodeClientCancelled.Err()
+	st.c.cancel(b.err)
+	return n, b.err
+}
+
 // close fails the body's reads from now on, interrupting one in progress
 // (which loses the conn).
 func (b *body) close() {
@@ -531,6 +612,9 @@ func (b *body) close() {
 // outlive the body: it failed, or more of it is unread than finish would
 // drain. The response then says Connection: close.
 func (b *body) lost() bool {
+	if b.tunnel {
+		return false // the conn closes after an upgrade request anyway
+	}
 	if !b.mu.TryLock() {
 		return false // unknown yet: finish decides
 	}
@@ -540,8 +624,13 @@ func (b *body) lost() bool {
 
 // finish ends the body after the exchange and reports whether the conn can
 // serve another request: the body was read to its end, or the rest (at most
-// maxDrain bytes) could be read and discarded now.
+// maxDrain bytes) could be read and discarded now. The conn of an upgrade
+// request never serves another.
 func (b *body) finish() bool {
+	if b.tunnel {
+		b.close()
+		return false
+	}
 	c := b.st.c
 	if !b.mu.TryLock() {
 		// A read is blocked in another goroutine (an upstream conn still

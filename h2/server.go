@@ -11,10 +11,12 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+	_ "unsafe" // for go:linkname
 
 	"golang.org/x/net/http2"
 
@@ -80,6 +82,20 @@ func (c ServerConfig) withDefaults() ServerConfig {
 	return c
 }
 
+// x/net v0.62 supports extended CONNECT (RFC 8441) only when the process
+// starts with GODEBUG=http2xconnect=1 (golang/go#71128: it was turned off by
+// default because net/http's own handlers did not support it): its init
+// reads the variable into disableExtendedConnectProtocol. The gateway does
+// support it, so this package turns it on for every process it is part of,
+// whatever the environment; it is written here, before any Server exists.
+// TestServerExtendedConnect fails if a new x/net drops or renames the switch:
+// the symbol would then silently be ours alone.
+//
+//go:linkname xnetDisableExtendedConnect golang.org/x/net/http2.disableExtendedConnectProtocol
+var xnetDisableExtendedConnect bool
+
+func init() { xnetDisableExtendedConnect = false }
+
 // x/net advertises http.Server.MaxHeaderBytes plus 10 fields' worth of HPACK
 // overhead (10 × 32 bytes) as SETTINGS_MAX_HEADER_LIST_SIZE; the Server
 // subtracts it back so that the advertised value is MaxHeaderBytes.
@@ -91,6 +107,13 @@ const (
 // Server serves HTTP/2 conns and yields their streams to a transport.Handler.
 // Each conn is served by x/net's http2.Server in a goroutine that the Server
 // owns; Shutdown and Close return once those goroutines have.
+//
+// It supports WebSocket over HTTP/2 (RFC 8441): it advertises
+// SETTINGS_ENABLE_CONNECT_PROTOCOL, and an extended CONNECT with :protocol
+// websocket reaches the handler with transport.Request.Protocol
+// "websocket" (the method stays CONNECT); a 2xx response accepts it, and
+// the stream's bodies both ways are the tunnel. Any other CONNECT, with
+// another :protocol or none, is answered 501 without the handler.
 type Server struct {
 	h      transport.Handler
 	cfg    ServerConfig
@@ -345,6 +368,7 @@ type connHandler struct {
 	conn    net.Conn // the wrapper given to x/net
 	raw     net.Conn // the TCP conn
 	remote  netip.AddrPort
+	shard   uint32 // transport.Request.Shard of its streams
 	tls     bool
 	scheme  string
 	started atomic.Bool // a request reached ServeHTTP: the header deadline is off
@@ -352,7 +376,7 @@ type connHandler struct {
 }
 
 func (s *Server) newConnHandler(c net.Conn) *connHandler {
-	ch := &connHandler{s: s, raw: c, scheme: "http"}
+	ch := &connHandler{s: s, raw: c, scheme: "http", shard: transport.NextShard()}
 	if tc, ok := c.(*tls.Conn); ok {
 		ch.tls, ch.scheme = true, "https"
 		ch.raw = tc.NetConn()
@@ -392,10 +416,25 @@ func (ch *connHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	h := r.Header
+	var protocol string
+	if r.Method == http.MethodConnect {
+		// Only the extended CONNECT of WebSocket (RFC 8441 §4): x/net
+		// leaves :protocol in the header map.
+		if p := h[":protocol"]; len(p) == 1 && strings.EqualFold(p[0], "websocket") {
+			protocol = "websocket"
+		}
+		delete(h, ":protocol")
+		if protocol == "" {
+			w.Header()["Content-Length"] = zeroLength
+			w.WriteHeader(http.StatusNotImplemented)
+			return
+		}
+	}
+
 	s := &serverStream{ch: ch, w: w, r: r}
 	s.fl, _ = w.(flushErrorer)
 	s.dl, _ = w.(deadliner)
-	h := r.Header
 	delete(h, "Content-Length")
 	delete(h, "Host")
 	s.req = transport.Request{
@@ -406,11 +445,18 @@ func (ch *connHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Header:        h,
 		ContentLength: r.ContentLength,
 		Trailer:       r.Trailer,
+		Protocol:      protocol,
 		Proto:         transport.ProtoHTTP2,
 		RemoteAddr:    ch.remote,
 		TLS:           ch.tls,
+		Shard:         ch.shard,
 	}
-	if r.ContentLength == 0 && r.Trailer == nil {
+	if protocol != "" {
+		// The tunnel's bytes are not content (transport.Request.Protocol).
+		s.req.ContentLength = 0
+		s.body.s = s
+		s.req.Body = &s.body
+	} else if r.ContentLength == 0 && r.Trailer == nil {
 		s.req.Body = http.NoBody
 	} else {
 		s.body.s = s

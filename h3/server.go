@@ -201,6 +201,13 @@ type ServerStats struct {
 // controls accepting, the Retry policy and the per-source and per-second
 // limits) and an http3.Server that it hands each accepted connection to (for
 // the HTTP/3 control stream, QPACK, SETTINGS and GOAWAY).
+//
+// It supports WebSocket over HTTP/3 (RFC 9220): quic-go's server always
+// advertises SETTINGS_ENABLE_CONNECT_PROTOCOL, and an extended CONNECT with
+// :protocol websocket reaches the Handler with transport.Request.Protocol
+// "websocket" (the method stays CONNECT); a 2xx response accepts it, and the
+// stream's bodies both ways are the tunnel. Any other CONNECT, with another
+// :protocol or none, is answered 501 without the Handler.
 type Server struct {
 	cfg     ServerConfig
 	handler transport.Handler
@@ -535,12 +542,13 @@ type connState struct {
 	srv      *Server
 	qc       *quic.Conn
 	remote   netip.AddrPort
+	shard    uint32       // transport.Request.Shard of its streams
 	inflight atomic.Int32 // requests in the Handler
 	closing  atomic.Bool  // a close-when-idle timer is pending
 }
 
 func newConnState(s *Server, qc *quic.Conn) *connState {
-	return &connState{srv: s, qc: qc, remote: addrOf(qc.RemoteAddr())}
+	return &connState{srv: s, qc: qc, remote: addrOf(qc.RemoteAddr()), shard: transport.NextShard()}
 }
 
 // closeWhenIdle closes the connection with H3_NO_ERROR once no request is in

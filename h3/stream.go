@@ -50,8 +50,18 @@ func (a *adapter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if count > s.cfg.MaxHeaderCount {
 		s.n431.Add(1)
-		st.reject(http.StatusRequestHeaderFieldsTooLarge)
+		st.reject(http.StatusRequestHeaderFieldsTooLarge, http3.ErrCodeExcessiveLoad)
 		return
+	}
+	var protocol string
+	if r.Method == http.MethodConnect {
+		// Only the extended CONNECT of WebSocket (RFC 9220): quic-go
+		// puts :protocol in r.Proto ("HTTP/3.0" for a classic CONNECT).
+		if !strings.EqualFold(r.Proto, "websocket") {
+			st.reject(http.StatusNotImplemented, http3.ErrCodeNoError)
+			return
+		}
+		protocol = "websocket"
 	}
 
 	cs.inflight.Add(1)
@@ -60,7 +70,7 @@ func (a *adapter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			cs.closeWhenIdle()
 		}
 	}()
-	st.initRequest()
+	st.initRequest(protocol)
 	s.nRequests.Add(1)
 	if st.req.EarlyData {
 		s.nEarly.Add(1)
@@ -117,7 +127,9 @@ var (
 	errBodyTooShort      = errors.New("h3: response body shorter than its Content-Length")
 )
 
-func (st *serverStream) initRequest() {
+// initRequest fills st.req from the request; protocol is its
+// transport.Request.Protocol.
+func (st *serverStream) initRequest(protocol string) {
 	r := st.hr
 	h := r.Header
 	delete(h, "Content-Length") // framing travels as ContentLength
@@ -134,6 +146,8 @@ func (st *serverStream) initRequest() {
 	cl := r.ContentLength
 	var body io.Reader = (*requestBody)(st)
 	switch {
+	case protocol != "":
+		cl = 0 // the tunnel's bytes are not content (transport.Request.Protocol)
 	case cl == 0:
 		body = http.NoBody
 	case cl < 0 && st.bodyless():
@@ -156,10 +170,12 @@ func (st *serverStream) initRequest() {
 		Header:        h,
 		ContentLength: cl,
 		Body:          body,
+		Protocol:      protocol,
 		Proto:         transport.ProtoHTTP3,
 		RemoteAddr:    st.cs.remote,
 		TLS:           true,
 		EarlyData:     early,
+		Shard:         st.cs.shard,
 	}
 }
 
@@ -213,16 +229,17 @@ func (st *serverStream) end() {
 	st.hs.CancelRead(quic.StreamErrorCode(http3.ErrCodeNoError))
 }
 
-// reject answers with a bodyless error status and leaves the request unread.
-func (st *serverStream) reject(status int) {
-	st.hs.CancelRead(quic.StreamErrorCode(http3.ErrCodeExcessiveLoad))
+// reject answers with a bodyless error status and leaves the request unread,
+// telling the client so with code (RFC 9114 §4.1).
+func (st *serverStream) reject(status int, code http3.ErrCode) {
+	st.hs.CancelRead(quic.StreamErrorCode(code))
 	e := getEncoder()
 	e.status(status)
 	e.field("content-length", "0")
 	_, err := st.qs.Write(e.frame())
 	putEncoder(e)
 	if err != nil {
-		st.hs.CancelWrite(quic.StreamErrorCode(http3.ErrCodeExcessiveLoad))
+		st.hs.CancelWrite(quic.StreamErrorCode(code))
 		return
 	}
 	st.hs.Close()

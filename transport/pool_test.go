@@ -399,6 +399,7 @@ func TestPoolWaitersFIFO(t *testing.T) {
 				t.Fatalf("waiter %d served in place %d", got, want)
 			}
 		}
+		synctest.Wait() // the last waiter gives its conn back
 		if dials, _, _ := d.counts(); dials != 1 {
 			t.Errorf("dials = %d, want 1", dials)
 		}

@@ -57,6 +57,23 @@ type Request struct {
 	// when Body has returned io.EOF; a client conn sends it after the body.
 	Trailer http.Header
 
+	// Protocol is the tunnel protocol of an upgrade: "websocket" for an
+	// HTTP/1.1 request with Upgrade: websocket (and Connection: upgrade),
+	// and for an HTTP/2 or HTTP/3 extended CONNECT with :protocol websocket
+	// (RFC 8441, RFC 9220); empty otherwise. "websocket" is the only value.
+	//
+	// A server's request with Protocol set has ContentLength 0: once the
+	// handler has accepted the upgrade (HTTP/1.1: WriteHeader 101; HTTP/2,
+	// HTTP/3: a 2xx), Body reads the client's tunnel bytes and the stream's
+	// Write and Finish carry the other direction. A handler reads Body only
+	// after accepting (HTTP/1.1 reads io.EOF before). An upstream conn that
+	// supports upgrades (HTTP/1.1) sends a request with Protocol set as an
+	// upgrade, without content, and returns a 101 as a Response whose Body
+	// is the tunnel: it reads the upstream's bytes, and also implements
+	// io.Writer, to write to the upstream, and CloseWrite() error, to end
+	// that direction.
+	Protocol string
+
 	// OnInformational, if set, is called by an upstream conn for each 1xx
 	// response (other than 101) that arrives before the final one.
 	OnInformational func(status int, h http.Header) error
@@ -66,6 +83,13 @@ type Request struct {
 	RemoteAddr netip.AddrPort
 	TLS        bool
 	EarlyData  bool // received in TLS/QUIC 0-RTT
+
+	// Shard is the upstream pool shard hint of the downstream connection:
+	// a server takes it from [NextShard] once per connection and sets it on
+	// every request of that connection, and the gateway passes it to
+	// [Pool.GetShard]. The requests of one connection thus use one shard of
+	// the pool, and different connections spread over all of them.
+	Shard uint32
 }
 
 // Response is the response message of one exchange, as an upstream conn

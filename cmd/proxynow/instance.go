@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/proxynow/proxynow/gateway"
 	"github.com/proxynow/proxynow/h1"
 	"github.com/proxynow/proxynow/h2"
@@ -44,6 +46,9 @@ type instance struct {
 	wg       sync.WaitGroup // the serve loops
 	errc     chan error     // a serve loop that failed
 	drainReq chan struct{}  // POST /drain
+
+	reg     *prometheus.Registry // the instance's metrics, served at /metrics
+	metrics processMetrics
 }
 
 // frontend is what listens: the TCP listener with TLS for HTTP/1.1 and
@@ -83,8 +88,12 @@ type startOptions struct {
 	// certs are served in addition to the config's (the embedded default's
 	// self-signed one).
 	certs []tls.Certificate
-	// level is the runtime log level, set from the config on reload.
+	// level is the runtime log level, set from the config on reload and
+	// by PUT /loglevel.
 	level *slog.LevelVar
+	// logs, when set, are the log writers: the access log goes to
+	// logs.access and their drops are counted in the metrics.
+	logs *logs
 }
 
 // start opens the listeners and starts serving cfg.
@@ -119,9 +128,14 @@ func start(cfg *gateway.Config, log *slog.Logger, opts startOptions) (_ *instanc
 		return nil, err
 	}
 	inst.front = f
-	inst.gw, err = gateway.New(gateway.Options{
-		Config: cfg, Dialers: dialerFor, Logger: log, Drain: inst.drain, HTTP3Port: f.h3Port(),
-	})
+	inst.reg = inst.newRegistry(opts.logs)
+	gopts := gateway.Options{
+		Config: cfg, Dialers: dialerFor, Logger: log, Drain: inst.drain, HTTP3Port: f.h3Port(), Registerer: inst.reg,
+	}
+	if opts.logs != nil {
+		gopts.AccessLog = opts.logs.access
+	}
+	inst.gw, err = gateway.New(gopts)
 	if err != nil {
 		f.closeSockets()
 		return nil, err
@@ -137,8 +151,10 @@ func start(cfg *gateway.Config, log *slog.Logger, opts startOptions) (_ *instanc
 			return nil, fmt.Errorf("listen admin %s: %w", a, err)
 		}
 		hooks := gateway.AdminHooks{
-			Drain: inst.requestDrain,
-			Phase: func() (string, int64) { return inst.drain.Phase().String(), inst.drain.Cut() },
+			Drain:    inst.requestDrain,
+			Phase:    func() (string, int64) { return inst.drain.Phase().String(), inst.drain.Cut() },
+			Metrics:  inst.reg,
+			LogLevel: inst.level, // nil without one: /loglevel 404
 		}
 		if inst.path != "" {
 			hooks.Reload = inst.reload
@@ -191,7 +207,9 @@ func (inst *instance) openFrontend(cfg *gateway.Config) (*frontend, error) {
 	}
 	tcpConf := inst.tlsConf.Clone()
 	tcpConf.NextProtos = []string{"h2", "http/1.1"}
-	f.tcp = transport.NewTLSListener(ln, tcpConf, time.Duration(cfg.TLS.HandshakeTimeout))
+	// Counted under TLS: the servers still get a *tls.Conn.
+	counted := tcpCountListener{Listener: ln, open: &inst.metrics.tcpConns}
+	f.tcp = transport.NewTLSListener(counted, tcpConf, time.Duration(cfg.TLS.HandshakeTimeout))
 	if cfg.HTTP3Enabled() {
 		// The same port as TCP: when the config asked for port 0, the port
 		// the kernel gave TCP.
@@ -328,7 +346,8 @@ func (inst *instance) serve(name string, fn func() error) {
 // reload re-reads the config file and switches to it. On any error the old
 // config, certificates and sockets keep serving, and the error (naming the
 // file, line and field) is returned.
-func (inst *instance) reload() error {
+func (inst *instance) reload() (err error) {
+	defer func() { inst.metrics.countReload(err) }()
 	if inst.path == "" {
 		return errors.New("the embedded default has no file to reload")
 	}
@@ -337,7 +356,7 @@ func (inst *instance) reload() error {
 	if inst.drain.Draining() {
 		return errors.New("draining: reload refused")
 	}
-	err := inst.reloadLocked()
+	err = inst.reloadLocked()
 	if err != nil {
 		inst.log.Error("reload failed; the previous config keeps serving", "err", err)
 	}

@@ -106,8 +106,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	lv := new(slog.LevelVar)
 	lv.Set(parseLevel(cfg.Log.Level))
-	log := newLogger(stderr, cfg.Log.Format, lv)
+	logs := newLogs(stderr, cfg.Log.Format, lv, cfg.Log.Buffer)
+	defer logs.close() // last: what the shutdown logged is written
+	log := logs.log
 	opts.level = lv
+	opts.logs = logs
 
 	inst, err := start(cfg, log, opts)
 	if err != nil {

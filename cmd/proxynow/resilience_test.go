@@ -265,13 +265,13 @@ clusters:
 	defer cancel()
 	for range 2 {
 		wg.Go(func() {
-			req, _ := http.NewRequestWithContext(ctx, "GET", f.url("/slow?d=3s"), nil)
+			req, _ := http.NewRequestWithContext(ctx, "GET", f.url("/slow?d=10s"), nil)
 			if resp, err := c.Do(req); err == nil {
 				resp.Body.Close()
 			}
 		})
 	}
-	waitFor(t, 5*time.Second, "two slow requests upstream", func() bool { return up.requests.Load() >= 2 })
+	waitFor(t, 10*time.Second, "two slow requests upstream", func() bool { return up.requests.Load() >= 2 })
 	resp, _ := get(t, c, f.url("/echo"))
 	if resp.StatusCode != 503 || resp.Header.Get("Proxy-Status") != "proxynow; error=connection_limit_reached" {
 		t.Errorf("third concurrent request: %d %q", resp.StatusCode, resp.Header.Get("Proxy-Status"))
@@ -293,4 +293,3 @@ func rawHTTP(t *testing.T, h http.HandlerFunc) string {
 	t.Cleanup(func() { srv.Close() })
 	return ln.Addr().String()
 }
-
