@@ -222,8 +222,12 @@ func TestOpenLoopNewConn(t *testing.T) {
 	cfg := base(srv, H3)
 	cfg.Rate, cfg.Duration, cfg.Conns, cfg.NewConn, cfg.Resume = 200, 300*time.Millisecond, 4, true, true
 	res := runOK(t, cfg)
-	if res.Requests < 50 || res.Requests+res.Unsent > 60 || res.Dials != res.Requests || res.TotalErrors() != 0 {
-		t.Fatalf("requests %d (want about 60), unsent %d, dials %d, errors %v", res.Requests, res.Unsent, res.Dials, res.Errors)
+	// 60 arrivals are scheduled; how many a QUIC handshake per request can
+	// serve depends on the machine (the race detector slows it several
+	// times), so the check is the accounting: every arrival is either sent
+	// on its own connection or counted unsent.
+	if res.Requests < 10 || res.Requests+res.Unsent < 55 || res.Requests+res.Unsent > 61 || res.Dials != res.Requests || res.TotalErrors() != 0 {
+		t.Fatalf("requests %d, unsent %d (want 60 arrivals), dials %d, errors %v", res.Requests, res.Unsent, res.Dials, res.Errors)
 	}
 	if res.ZeroRTT < res.Requests-4 {
 		t.Fatalf("0-RTT on %d of %d connections", res.ZeroRTT, res.Requests)

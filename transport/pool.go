@@ -128,7 +128,7 @@ type Pool struct {
 	ups       atomic.Pointer[map[string]*upstream] // copy on write under mu
 	tick      atomic.Uint32                        // reaper passes since NewPool: the pool's coarse clock
 	closed    atomic.Bool
-	idleTicks uint32        // an idle conn is reaped once tick has passed its idleTick by more
+	idleTicks uint32        // an idle conn is reaped once tick has passed its idleAt (idleTick) by more
 	every     time.Duration // reaper period
 	_         [cacheLinePad]byte
 
