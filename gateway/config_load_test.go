@@ -170,7 +170,7 @@ func TestParseConfigFullExample(t *testing.T) {
 	check("Clusters", c.Clusters, []ClusterConfig{{
 		Name: "api", Servers: []string{"10.0.1.10:8080", "10.0.1.11:8080"}, Protocol: "h2c", Balancing: "least_request",
 		ConnectTimeout: Duration(2 * time.Second), ResponseHeaderTimeout: Duration(15 * time.Second),
-		Pool:       PoolConfig{MaxConns: 512, MaxIdle: 128, IdleTimeout: Duration(time.Minute)},
+		Pool:       PoolConfig{MaxConns: 512, MaxIdle: 128, IdleTimeout: Duration(time.Minute), MaxRequests: 10000, MaxLifetime: Duration(time.Hour)},
 		TryTimeout: Duration(5 * time.Second), BodyIdleTimeout: Duration(time.Minute), Timeout: Duration(10 * time.Minute),
 		MaxConcurrentRequests: 2000, MaxPendingRequests: 500,
 		Retries: RetryConfig{Max: 1, BudgetPercent: 10, MinPerSecond: 5},

@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -42,6 +44,7 @@ func startFault(t *testing.T, fn func(c net.Conn, br *bufio.Reader)) *faultUpstr
 // TestFaults injects upstream faults and checks, in every downstream mode,
 // the client's outcome and how often the upstream was asked.
 func TestFaults(t *testing.T) {
+	checkLeaks(t)
 	good := startUpstream(t, "h1")
 	refused := closedPortAddr(t)
 	silent := startFault(t, func(c net.Conn, br *bufio.Reader) { io.Copy(io.Discard, br) })
@@ -154,6 +157,7 @@ func healthOf(t *testing.T, f *fixture, upstream string) string {
 // and put back into rotation; with none healthy the gateway answers 503 at
 // once.
 func TestHealthChecks(t *testing.T) {
+	checkLeaks(t)
 	var sick atomic.Bool
 	var flappy, steady atomic.Int64
 	flap := rawHTTP(t, func(w http.ResponseWriter, r *http.Request) {
@@ -220,6 +224,7 @@ clusters:
 // TestOutlierEjection: consecutive failures eject an upstream; traffic goes
 // to the others.
 func TestOutlierEjection(t *testing.T) {
+	checkLeaks(t)
 	var bad, goodN atomic.Int64
 	failing := rawHTTP(t, func(w http.ResponseWriter, r *http.Request) { bad.Add(1); w.WriteHeader(503) })
 	fine := rawHTTP(t, func(w http.ResponseWriter, r *http.Request) { goodN.Add(1) })
@@ -292,4 +297,36 @@ func rawHTTP(t *testing.T, h http.HandlerFunc) string {
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return ln.Addr().String()
+}
+
+// checkLeaks fails the test if, once its cleanups (gateway drain, upstreams,
+// clients) have run, goroutines or file descriptors are left behind. It must
+// be called first, so that its cleanup runs last.
+func checkLeaks(t *testing.T) {
+	t.Helper()
+	goroutines, fds := runtime.NumGoroutine(), openFDs()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			g, f := runtime.NumGoroutine(), openFDs()
+			if g <= goroutines && f <= fds {
+				return
+			}
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				n := runtime.Stack(buf, true)
+				t.Errorf("leaked: goroutines %d -> %d, file descriptors %d -> %d\n%s", goroutines, g, fds, f, buf[:n])
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+}
+
+func openFDs() int {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return 0
+	}
+	return len(entries)
 }
