@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/proxynow/proxynow/transport"
@@ -18,8 +19,6 @@ type exchange struct {
 	s      transport.ServerStream
 	onInfo func(status int, h http.Header) error
 	buf    []byte
-	body   limitedBody
-	sent   countedBody
 	obs    exchangeObs
 }
 
@@ -75,8 +74,6 @@ func (g *Gateway) ServeStream(s transport.ServerStream) {
 		g.record(st, ex, code)
 	}
 	ex.s = nil
-	ex.body = limitedBody{}
-	ex.sent = countedBody{}
 	ex.obs = exchangeObs{}
 	exchangePool.Put(ex)
 	if code != transport.CodeNone && g.log.Enabled(s.Context(), levelDebug) {
@@ -117,13 +114,14 @@ func (g *Gateway) proxy(st *state, ex *exchange) transport.Code {
 	if req.Protocol != "" {
 		return g.tunnel(st, ex, rt) // a WebSocket upgrade: tunnel.go
 	}
+	var limited *limitedBody
 	if st.maxBody > 0 {
 		if req.ContentLength > st.maxBody {
 			return fail(s, transport.CodeBodyTooLarge)
 		}
 		if req.ContentLength < 0 {
-			ex.body = limitedBody{r: req.Body, left: st.maxBody}
-			req.Body = &ex.body
+			limited = &limitedBody{r: req.Body, left: st.maxBody}
+			req.Body = limited
 		}
 	}
 	c := rt.cluster
@@ -141,8 +139,12 @@ func (g *Gateway) proxy(st *state, ex *exchange) transport.Code {
 		defer dl.stop()
 		ctx = dl.ctx
 	}
-	ex.sent = countedBody{r: req.Body}
-	req.Body = &ex.sent
+	// The body wrappers are per request, not in the pooled exchange: an
+	// upstream client may still be reading the body on its own goroutine
+	// (HTTP/2 and HTTP/3 write request bodies asynchronously) after the
+	// exchange went back to the pool.
+	sent := &countedBody{r: req.Body}
+	req.Body = sent
 	c.budget.deposit()
 
 	var (
@@ -180,7 +182,7 @@ func (g *Gateway) proxy(st *state, ex *exchange) transport.Code {
 		if err == nil {
 			break
 		}
-		if ex.body.left < 0 {
+		if limited != nil && limited.tripped.Load() {
 			return fail(s, transport.CodeBodyTooLarge)
 		}
 		code := codeOf(ctx, err)
@@ -192,7 +194,7 @@ func (g *Gateway) proxy(st *state, ex *exchange) transport.Code {
 		}
 		c.report(up, outlierFailure(code, 0))
 		last = code
-		if attempt >= c.configRef.Retries.Max || !retryable(req.Method, err, ex.sent.n) || !c.budget.withdraw() {
+		if attempt >= c.configRef.Retries.Max || !retryable(req.Method, err, sent.n.Load()) || !c.budget.withdraw() {
 			return fail(s, code)
 		}
 		g.log.Debug("retrying", "cluster", c.name, "upstream", up.addr, "code", code.String(), "attempt", attempt+1)
@@ -430,12 +432,12 @@ func idempotent(m string) bool {
 // was read from cannot be replayed.
 type countedBody struct {
 	r io.Reader
-	n int64
+	n atomic.Int64 // read by the gateway while an upstream client may still be reading
 }
 
 func (b *countedBody) Read(p []byte) (int, error) {
 	n, err := b.r.Read(p)
-	b.n += int64(n)
+	b.n.Add(int64(n))
 	return n, err
 }
 
@@ -525,8 +527,9 @@ var (
 // limitedBody fails a request body of unknown length once it exceeds the
 // limit, with CodeBodyTooLarge.
 type limitedBody struct {
-	r    io.Reader
-	left int64
+	r       io.Reader
+	left    int64       // only the reader's goroutine touches it
+	tripped atomic.Bool // the limit was exceeded; read by the gateway
 }
 
 var errBodyTooLarge = transport.CodeBodyTooLarge.Err()
@@ -541,6 +544,7 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 	n, err := b.r.Read(p)
 	b.left -= int64(n)
 	if b.left < 0 {
+		b.tripped.Store(true)
 		return 0, errBodyTooLarge
 	}
 	return n, err

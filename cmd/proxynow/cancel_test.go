@@ -43,7 +43,7 @@ func TestClientCancelReachesUpstream(t *testing.T) {
 				}
 				cancel()
 				resp.Body.Close()
-				waitFor(t, 5*time.Second, "the upstream download to be cancelled", func() bool { return up.aborted.Load() > before })
+				waitFor(t, 10*time.Second, "the upstream download to be cancelled", func() bool { return up.aborted.Load() > before })
 
 				// Mid-upload.
 				before = up.aborted.Load()
@@ -65,7 +65,7 @@ func TestClientCancelReachesUpstream(t *testing.T) {
 				cancel()
 				pw.CloseWithError(context.Canceled)
 				wg.Wait()
-				waitFor(t, 5*time.Second, "the upstream upload to be cancelled", func() bool { return up.aborted.Load() > before })
+				waitFor(t, 10*time.Second, "the upstream upload to be cancelled", func() bool { return up.aborted.Load() > before })
 
 				// While the upstream thinks.
 				before = up.aborted.Load()
@@ -82,7 +82,7 @@ func TestClientCancelReachesUpstream(t *testing.T) {
 				waitFor(t, 5*time.Second, "the slow request to reach the upstream", func() bool { return up.requests.Load() > reqsBefore })
 				cancel()
 				<-done
-				waitFor(t, 5*time.Second, "the slow upstream request to be cancelled", func() bool { return up.aborted.Load() > before })
+				waitFor(t, 10*time.Second, "the slow upstream request to be cancelled", func() bool { return up.aborted.Load() > before })
 			})
 		})
 	}
