@@ -23,7 +23,11 @@ type Conn interface {
 
 	// RoundTrip sends req on a reserved slot and returns the response once
 	// its head arrived. Errors are *Error values with a Code. RoundTrip
-	// reads req.Body until EOF or error and never closes it. Cancelling ctx
+	// reads req.Body until EOF or error and never closes it; HTTP/2 and
+	// HTTP/3 conns send the body on their own goroutine and may still be
+	// reading it after RoundTrip returned (even with an error), until the
+	// stream ends, so whatever req.Body reads from must outlive the call
+	// and be safe to read from that goroutine. Cancelling ctx
 	// cancels the upstream stream (HTTP/2 and HTTP/3 reset it; HTTP/1.1
 	// closes the conn), also while the response body is being read.
 	RoundTrip(ctx context.Context, req *Request) (*Response, error)

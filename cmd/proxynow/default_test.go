@@ -82,10 +82,11 @@ func TestDefaultRun(t *testing.T) {
 	var h1p, h2p http.Protocols
 	h1p.SetHTTP1(true)
 	h2p.SetHTTP2(true)
+	// Each client gets its own TLS config: transports set NextProtos on it.
 	clients := map[string]http.RoundTripper{
-		"HTTP/1.1": &http.Transport{TLSClientConfig: tc, Protocols: &h1p},
-		"HTTP/2":   &http.Transport{TLSClientConfig: tc, Protocols: &h2p},
-		"HTTP/3":   &http3.Transport{TLSClientConfig: tc},
+		"HTTP/1.1": &http.Transport{TLSClientConfig: tc.Clone(), Protocols: &h1p},
+		"HTTP/2":   &http.Transport{TLSClientConfig: tc.Clone(), Protocols: &h2p},
+		"HTTP/3":   &http3.Transport{TLSClientConfig: tc.Clone()},
 	}
 	for name, rt := range clients {
 		req, _ := http.NewRequestWithContext(ctx, "GET", "https://127.0.0.1:8443/hello", nil)
