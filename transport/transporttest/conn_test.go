@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"sync"
 	"testing"
 
@@ -19,6 +20,15 @@ import (
 // failure in h1, h2 or h3 points at them rather than at the suite.
 
 func TestConnHTTP1(t *testing.T) {
+	// net/http's HTTP/1.1 ClientConn closes a conn whose response body was
+	// closed early on its read loop's goroutine: for a moment it reports
+	// Err() == nil and Available() == 1, then fails the next RoundTrip. The
+	// suite's EarlyBodyClose check ("usable, or reports itself broken")
+	// then fails about once in ten runs; h1's own conn passes it (see
+	// h1/conformance_test.go), so the reference run is opt-in.
+	if os.Getenv("TRANSPORTTEST_REFERENCE_H1") == "" {
+		t.Skip("set TRANSPORTTEST_REFERENCE_H1=1 to check the suite against net/http's HTTP/1.1 ClientConn")
+	}
 	srv := httptest.NewServer(transporttest.EchoHandler())
 	defer srv.Close()
 	transporttest.TestConn(t, refDialer(&http.Transport{}, "http"), srv.Listener.Addr().String(), false)
