@@ -139,12 +139,17 @@ func (g *Gateway) proxy(st *state, ex *exchange) transport.Code {
 		defer dl.stop()
 		ctx = dl.ctx
 	}
-	// The body wrappers are per request, not in the pooled exchange: an
-	// upstream client may still be reading the body on its own goroutine
-	// (HTTP/2 and HTTP/3 write request bodies asynchronously) after the
-	// exchange went back to the pool.
-	sent := &countedBody{r: req.Body}
-	req.Body = sent
+	// A body that an attempt read from cannot be replayed, so retries need
+	// to know; a request without a body needs no counting. The wrapper is
+	// per request, not in the pooled exchange: an upstream client may still
+	// be reading the body on its own goroutine (HTTP/2 and HTTP/3 write
+	// request bodies asynchronously) after the exchange went back to the
+	// pool.
+	var sent *countedBody
+	if req.ContentLength != 0 {
+		sent = &countedBody{r: req.Body}
+		req.Body = sent
+	}
 	c.budget.deposit()
 
 	var (
@@ -194,7 +199,7 @@ func (g *Gateway) proxy(st *state, ex *exchange) transport.Code {
 		}
 		c.report(up, outlierFailure(code, 0))
 		last = code
-		if attempt >= c.configRef.Retries.Max || !retryable(req.Method, err, sent.n.Load()) || !c.budget.withdraw() {
+		if attempt >= c.configRef.Retries.Max || !retryable(req.Method, err, sent.read()) || !c.budget.withdraw() {
 			return fail(s, code)
 		}
 		g.log.Debug("retrying", "cluster", c.name, "upstream", up.addr, "code", code.String(), "attempt", attempt+1)
@@ -231,19 +236,16 @@ func (g *Gateway) proxy(st *state, ex *exchange) transport.Code {
 	}
 	resp.Body.Close()
 	c.pool.Put(conn)
-	switch code {
-	case transport.CodeNone:
-		if err := s.Finish(resp.Trailer); err != nil {
-			return transport.CodeClientCancelled
-		}
-	case transport.CodeClientCancelled:
-		s.Reset(code)
-	default:
+	if code != transport.CodeNone {
 		// The response has started: the client can only learn of the
 		// failure from a reset (or, on HTTP/1.1, a truncated body).
 		s.Reset(code)
+		return code
 	}
-	return code
+	if err := s.Finish(resp.Trailer); err != nil {
+		return transport.CodeClientCancelled
+	}
+	return transport.CodeNone
 }
 
 // copyBody streams the upstream body to the client with the pooled buffer,
@@ -433,6 +435,14 @@ func idempotent(m string) bool {
 type countedBody struct {
 	r io.Reader
 	n atomic.Int64 // read by the gateway while an upstream client may still be reading
+}
+
+// read returns the bytes read so far; a nil *countedBody (no body) read none.
+func (b *countedBody) read() int64 {
+	if b == nil {
+		return 0
+	}
+	return b.n.Load()
 }
 
 func (b *countedBody) Read(p []byte) (int, error) {
