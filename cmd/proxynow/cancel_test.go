@@ -61,7 +61,7 @@ func TestClientCancelReachesUpstream(t *testing.T) {
 					}
 				})
 				reqsBefore := up.requests.Load()
-				waitFor(t, 5*time.Second, "the upload to reach the upstream", func() bool { return up.requests.Load() > reqsBefore })
+				waitFor(t, 10*time.Second, "the upload to reach the upstream", func() bool { return up.requests.Load() > reqsBefore })
 				cancel()
 				pw.CloseWithError(context.Canceled)
 				wg.Wait()
@@ -87,7 +87,7 @@ func TestClientCancelReachesUpstream(t *testing.T) {
 					}
 				}()
 				reqsBefore = up.requests.Load()
-				waitFor(t, 5*time.Second, "the slow request to reach the upstream", func() bool { return up.requests.Load() > reqsBefore })
+				waitFor(t, 10*time.Second, "the slow request to reach the upstream", func() bool { return up.requests.Load() > reqsBefore })
 				cancel()
 				<-done
 				waitFor(t, 10*time.Second, "the slow upstream request to be cancelled", func() bool { return up.aborted.Load() > before })
