@@ -320,9 +320,15 @@ type ClusterConfig struct {
 	// TLS configures TLS to the upstream. h2 and h3 always use TLS.
 	TLS UpstreamTLSConfig `yaml:"tls"`
 
-	// ConnectTimeout bounds dialing (TCP connect, or the QUIC handshake)
-	// and the TLS handshake. Default 5s.
+	// ConnectTimeout bounds the TCP connect (and for an h2 cluster, the
+	// exchange of HTTP/2 prefaces after it). Default 5s.
 	ConnectTimeout Duration `yaml:"connect_timeout"`
+
+	// TLSHandshakeTimeout bounds the TLS handshake that follows the TCP
+	// connect. QUIC carries its TLS handshake in its own, so an h3
+	// cluster's handshake is bounded by connect_timeout plus this.
+	// Default 10s.
+	TLSHandshakeTimeout Duration `yaml:"tls_handshake_timeout"`
 
 	// ResponseHeaderTimeout bounds the wait for the response head after
 	// the request was sent. Default 30s.
@@ -453,6 +459,16 @@ type PoolConfig struct {
 	// MaxLifetime retires a conn, the same way, this long after it was
 	// opened. Default 0: unlimited.
 	MaxLifetime Duration `yaml:"max_lifetime"`
+	// DialBackoff is how long, after a failed connect to a server with no
+	// conn open, requests for that server fail at once with the connect
+	// error (and are retried on another server when retries allow) instead
+	// of each trying to connect again. It doubles with each further failed
+	// connect up to DialBackoffMax, and ends with the first one that works.
+	// Default 10ms; 0s turns it off.
+	DialBackoff *Duration `yaml:"dial_backoff"`
+	// DialBackoffMax caps DialBackoff. It is also the longest time a
+	// server that came back can go unnoticed. Default 250ms.
+	DialBackoffMax Duration `yaml:"dial_backoff_max"`
 	// Unsharded selects the previous, unsharded pool, for benchmarks that
 	// compare the two. Not settable from YAML.
 	Unsharded bool `yaml:"-"`

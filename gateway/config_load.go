@@ -861,10 +861,15 @@ func (c *Config) setDefaults() {
 			cl.TLS.Enabled = true
 		}
 		orDefault(&cl.ConnectTimeout, Duration(5*time.Second))
+		orDefault(&cl.TLSHandshakeTimeout, Duration(10*time.Second))
 		orDefault(&cl.ResponseHeaderTimeout, Duration(30*time.Second))
 		orDefault(&cl.Pool.MaxConns, 256)
 		orDefault(&cl.Pool.MaxIdle, 64)
 		orDefault(&cl.Pool.IdleTimeout, Duration(90*time.Second))
+		if cl.Pool.DialBackoff == nil {
+			cl.Pool.DialBackoff = new(Duration(10 * time.Millisecond))
+		}
+		orDefault(&cl.Pool.DialBackoffMax, Duration(250*time.Millisecond))
 		// pool.max_requests and pool.max_lifetime default to 0: unlimited.
 		orDefault(&cl.Retries.Max, 2)
 		orDefault(&cl.Retries.BudgetPercent, 20)
@@ -1189,12 +1194,14 @@ func (v *validator) cluster(i int, cl *ClusterConfig, names map[string]int) {
 		}
 	}
 	v.duration(p+".connect_timeout", cl.ConnectTimeout)
+	v.duration(p+".tls_handshake_timeout", cl.TLSHandshakeTimeout)
 	v.duration(p+".response_header_timeout", cl.ResponseHeaderTimeout)
 	v.nonNegative(p+".pool.max_conns", cl.Pool.MaxConns)
 	v.nonNegative(p+".pool.max_idle", cl.Pool.MaxIdle)
 	v.duration(p+".pool.idle_timeout", cl.Pool.IdleTimeout)
 	v.nonNegative(p+".pool.max_requests", cl.Pool.MaxRequests)
 	v.duration(p+".pool.max_lifetime", cl.Pool.MaxLifetime)
+	v.duration(p+".pool.dial_backoff_max", cl.Pool.DialBackoffMax)
 	v.duration(p+".try_timeout", cl.TryTimeout)
 	v.duration(p+".body_idle_timeout", cl.BodyIdleTimeout)
 	v.duration(p+".timeout", cl.Timeout)

@@ -163,14 +163,16 @@ func TestParseConfigFullExample(t *testing.T) {
 		{PathPrefix: "/static", Cluster: "static"},
 		{PathPrefix: "/", Cluster: "web"},
 	})
-	defPool := PoolConfig{MaxConns: 256, MaxIdle: 64, IdleTimeout: Duration(90 * time.Second)}
+	defPool := PoolConfig{MaxConns: 256, MaxIdle: 64, IdleTimeout: Duration(90 * time.Second),
+		DialBackoff: new(Duration(10 * time.Millisecond)), DialBackoffMax: Duration(250 * time.Millisecond)}
 	defRetries := RetryConfig{Max: 2, BudgetPercent: 20, MinPerSecond: 10}
 	defHealth := HealthCheckConfig{Interval: Duration(10 * time.Second), Timeout: Duration(2 * time.Second), HealthyThreshold: 2, UnhealthyThreshold: 3}
 	defOutlier := OutlierConfig{ConsecutiveFailures: 5, BaseEjection: Duration(30 * time.Second), MaxEjection: Duration(5 * time.Minute)}
 	check("Clusters", c.Clusters, []ClusterConfig{{
 		Name: "api", Servers: []string{"10.0.1.10:8080", "10.0.1.11:8080"}, Protocol: "h2c", Balancing: "least_request",
-		ConnectTimeout: Duration(2 * time.Second), ResponseHeaderTimeout: Duration(15 * time.Second),
-		Pool:       PoolConfig{MaxConns: 512, MaxIdle: 128, IdleTimeout: Duration(time.Minute), MaxRequests: 10000, MaxLifetime: Duration(time.Hour)},
+		ConnectTimeout: Duration(2 * time.Second), TLSHandshakeTimeout: Duration(3 * time.Second), ResponseHeaderTimeout: Duration(15 * time.Second),
+		Pool: PoolConfig{MaxConns: 512, MaxIdle: 128, IdleTimeout: Duration(time.Minute), MaxRequests: 10000, MaxLifetime: Duration(time.Hour),
+			DialBackoff: new(Duration(10 * time.Millisecond)), DialBackoffMax: Duration(250 * time.Millisecond)},
 		TryTimeout: Duration(5 * time.Second), BodyIdleTimeout: Duration(time.Minute), Timeout: Duration(10 * time.Minute),
 		MaxConcurrentRequests: 2000, MaxPendingRequests: 500,
 		Retries: RetryConfig{Max: 1, BudgetPercent: 10, MinPerSecond: 5},
@@ -180,17 +182,20 @@ func TestParseConfigFullExample(t *testing.T) {
 	}, {
 		Name: "web", Servers: []string{"web-1.internal:443", "web-2.internal:443"}, Protocol: "h2", Balancing: "round_robin",
 		TLS:            UpstreamTLSConfig{Enabled: true, ServerName: "web.internal", CAFile: dir + "/ca/internal-ca.pem"},
-		ConnectTimeout: Duration(5 * time.Second), ResponseHeaderTimeout: Duration(30 * time.Second), Pool: defPool,
+		ConnectTimeout: Duration(5 * time.Second), TLSHandshakeTimeout: Duration(10 * time.Second),
+		ResponseHeaderTimeout: Duration(30 * time.Second), Pool: defPool,
 		Retries: defRetries, HealthCheck: defHealth, OutlierDetection: defOutlier,
 	}, {
 		Name: "media", Servers: []string{"media.internal:443"}, Protocol: "h3", Balancing: "round_robin",
 		TLS:            UpstreamTLSConfig{Enabled: true},
-		ConnectTimeout: Duration(3 * time.Second), ResponseHeaderTimeout: Duration(30 * time.Second), Pool: defPool,
+		ConnectTimeout: Duration(3 * time.Second), TLSHandshakeTimeout: Duration(10 * time.Second),
+		ResponseHeaderTimeout: Duration(30 * time.Second), Pool: defPool,
 		Retries: defRetries, HealthCheck: defHealth, OutlierDetection: defOutlier,
 	}, {
 		Name: "static", Servers: []string{"static.internal:8080"}, Protocol: "h1", Balancing: "round_robin",
 		TLS:            UpstreamTLSConfig{Enabled: true, CAFile: dir + "/ca/internal-ca.pem"},
-		ConnectTimeout: Duration(5 * time.Second), ResponseHeaderTimeout: Duration(30 * time.Second), Pool: defPool,
+		ConnectTimeout: Duration(5 * time.Second), TLSHandshakeTimeout: Duration(10 * time.Second),
+		ResponseHeaderTimeout: Duration(30 * time.Second), Pool: defPool,
 		Retries: defRetries, HealthCheck: defHealth, OutlierDetection: defOutlier,
 	}})
 	if got := c.Cluster("media"); got != &c.Clusters[2] {
@@ -239,8 +244,9 @@ clusters:
 		Routes: []RouteConfig{{PathPrefix: "/", Cluster: "app"}},
 		Clusters: []ClusterConfig{{
 			Name: "app", Servers: []string{"127.0.0.1:8080"}, Protocol: "h1", Balancing: "round_robin",
-			ConnectTimeout: s(5 * time.Second), ResponseHeaderTimeout: s(30 * time.Second),
-			Pool:             PoolConfig{MaxConns: 256, MaxIdle: 64, IdleTimeout: s(90 * time.Second)},
+			ConnectTimeout: s(5 * time.Second), TLSHandshakeTimeout: s(10 * time.Second), ResponseHeaderTimeout: s(30 * time.Second),
+			Pool: PoolConfig{MaxConns: 256, MaxIdle: 64, IdleTimeout: s(90 * time.Second),
+				DialBackoff: new(s(10 * time.Millisecond)), DialBackoffMax: s(250 * time.Millisecond)},
 			Retries:          RetryConfig{Max: 2, BudgetPercent: 20, MinPerSecond: 10},
 			HealthCheck:      HealthCheckConfig{Interval: s(10 * time.Second), Timeout: s(2 * time.Second), HealthyThreshold: 2, UnhealthyThreshold: 3},
 			OutlierDetection: OutlierConfig{ConsecutiveFailures: 5, BaseEjection: s(30 * time.Second), MaxEjection: s(5 * time.Minute)},
@@ -381,6 +387,10 @@ func TestParseConfigInvalid(t *testing.T) {
 		{name: "negative count", src: "limits:\n  max_header_count: -1\n", pos: "2:21", field: "limits.max_header_count", msg: "must not be negative"},
 		{name: "negative pool", src: "clusters:\n  - name: app\n    servers: [\"127.0.0.1:8080\"]\n    pool: {max_idle: -2}\n",
 			pos: "4:22", field: "clusters[0].pool.max_idle", msg: "must not be negative"},
+		{name: "dial backoff", src: "clusters:\n  - name: app\n    servers: [\"127.0.0.1:8080\"]\n    pool: {dial_backoff: -5ms}\n",
+			pos: "4:26", field: "clusters[0].pool.dial_backoff", msg: "must not be negative"},
+		{name: "TLS handshake timeout", src: "clusters:\n  - name: app\n    servers: [\"127.0.0.1:8080\"]\n    tls_handshake_timeout: -1s\n",
+			pos: "4:28", field: "clusters[0].tls_handshake_timeout", msg: "must not be negative"},
 		{name: "int overflow", src: "http3:\n  retry_above: 0x7fffffffffffffff0\n", pos: "2:16", field: "http3.retry_above"},
 		{name: "h2 streams", src: "limits:\n  max_concurrent_streams: 5000000000\n", pos: "2:27", field: "limits.max_concurrent_streams", msg: "HTTP/2 maximum"},
 		{name: "windows", src: "http3:\n  initial_stream_window: 8MiB\n", pos: "2:26", field: "http3.initial_stream_window", msg: "8MiB exceeds max_stream_window 6MiB"},

@@ -34,7 +34,8 @@ type DialerSpec struct {
 	Protocol string
 	// TLS is the client TLS config; nil for cleartext h1 and for h2c.
 	TLS                   *tls.Config
-	ConnectTimeout        time.Duration
+	ConnectTimeout        time.Duration // the TCP connect
+	TLSHandshakeTimeout   time.Duration // the TLS handshake after it
 	ResponseHeaderTimeout time.Duration
 }
 
@@ -328,10 +329,22 @@ func (st *state) exporter() *otlpExporter {
 	return st.tracer.otlp
 }
 
+// dialBackoff converts pool.dial_backoff: 0 (off) is negative for the pool.
+func dialBackoff(d *Duration) time.Duration {
+	switch {
+	case d == nil:
+		return 0 // the pool's default
+	case *d == 0:
+		return -1
+	}
+	return d.D()
+}
+
 func (g *Gateway) newCluster(cc *ClusterConfig) (*cluster, error) {
 	spec := DialerSpec{
 		Protocol:              cc.Protocol,
 		ConnectTimeout:        time.Duration(cc.ConnectTimeout),
+		TLSHandshakeTimeout:   time.Duration(cc.TLSHandshakeTimeout),
 		ResponseHeaderTimeout: time.Duration(cc.ResponseHeaderTimeout),
 	}
 	if cc.Protocol == "h2" || cc.Protocol == "h3" || (cc.Protocol == "h1" && cc.TLS.Enabled) {
@@ -366,6 +379,8 @@ func (g *Gateway) newCluster(cc *ClusterConfig) (*cluster, error) {
 			IdleTimeout:         time.Duration(cc.Pool.IdleTimeout),
 			MaxRequestsPerConn:  cc.Pool.MaxRequests,
 			MaxConnLifetime:     time.Duration(cc.Pool.MaxLifetime),
+			DialBackoff:         dialBackoff(cc.Pool.DialBackoff),
+			DialBackoffMax:      time.Duration(cc.Pool.DialBackoffMax),
 			Unsharded:           cc.Pool.Unsharded,
 		}),
 	}

@@ -197,7 +197,7 @@ type gatewayCollector struct {
 	g *Gateway
 
 	poolDials, poolDialFailures, poolGets, poolReused, poolSteals, poolWaits, poolReaped *prometheus.Desc
-	poolOpen, poolIdle, poolActive                                                       *prometheus.Desc
+	poolFastFails, poolOpen, poolIdle, poolActive                                        *prometheus.Desc
 	upstreamState                                                                        *prometheus.Desc
 
 	panics, configInfo, configLoaded, reloads *prometheus.Desc
@@ -217,9 +217,11 @@ func newGatewayCollector(g *Gateway) *gatewayCollector {
 		poolSteals:       d("pool_steals_total", "Pool gets served by an idle conn of another shard, by cluster.", "cluster"),
 		poolWaits:        d("pool_waits_total", "Pool gets that had to wait for a conn, by cluster.", "cluster"),
 		poolReaped:       d("pool_reaped_total", "Upstream conns closed for idleness or the idle cap, by cluster.", "cluster"),
-		poolOpen:         d("pool_open_connections", "Upstream conns open, by cluster.", "cluster"),
-		poolIdle:         d("pool_idle_connections", "Open upstream conns with no stream handed out, by cluster.", "cluster"),
-		poolActive:       d("pool_active_connections", "Open upstream conns with at least one stream handed out, by cluster.", "cluster"),
+		poolFastFails: d("pool_dial_backoff_failures_total", "Pool gets failed at once with the last connect error "+
+			"during a dial back-off (pool.dial_backoff), by cluster.", "cluster"),
+		poolOpen:   d("pool_open_connections", "Upstream conns open, by cluster.", "cluster"),
+		poolIdle:   d("pool_idle_connections", "Open upstream conns with no stream handed out, by cluster.", "cluster"),
+		poolActive: d("pool_active_connections", "Open upstream conns with at least one stream handed out, by cluster.", "cluster"),
 		upstreamState: d("upstream_state", "The health of each upstream server: 1 for its current state, 0 for the others. "+
 			"unhealthy: failed active health checks; ejected: by outlier detection.", "cluster", "upstream", "state"),
 		panics:       d("panics_recovered_total", "Panics recovered while serving a stream; each reset that stream only."),
@@ -235,7 +237,7 @@ func newGatewayCollector(g *Gateway) *gatewayCollector {
 // Describe implements prometheus.Collector.
 func (c *gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.poolDials, c.poolDialFailures, c.poolGets, c.poolReused, c.poolSteals,
-		c.poolWaits, c.poolReaped, c.poolOpen, c.poolIdle, c.poolActive, c.upstreamState,
+		c.poolWaits, c.poolReaped, c.poolFastFails, c.poolOpen, c.poolIdle, c.poolActive, c.upstreamState,
 		c.panics, c.configInfo, c.configLoaded, c.reloads, c.streams, c.spans} {
 		ch <- d
 	}
@@ -260,6 +262,7 @@ func (c *gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.poolSteals, s.Steals, cl.name)
 		counter(c.poolWaits, s.Waits, cl.name)
 		counter(c.poolReaped, s.Reaped, cl.name)
+		counter(c.poolFastFails, s.FastFails, cl.name)
 		gauge(c.poolOpen, float64(s.Open), cl.name)
 		gauge(c.poolIdle, float64(s.Idle), cl.name)
 		gauge(c.poolActive, float64(s.Active), cl.name)

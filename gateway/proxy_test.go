@@ -199,7 +199,10 @@ func (r *rewindReader) Read(p []byte) (int, error) {
 func (r *rewindReader) Close() error { return nil }
 
 // BenchmarkProxyRefused measures the failure path: every dial is refused.
-// Compare its allocations with BenchmarkProxyFake's success path.
+// Compare its allocations with BenchmarkProxyFake's success path. The pool's
+// dial back-off (pool.dial_backoff, on by default) makes most requests fail
+// at once with the last dial's error; a dial, with its waiter and goroutine,
+// happens once per back-off window (10ms doubling to 250ms).
 func BenchmarkProxyRefused(b *testing.B) {
 	cfg, err := ParseConfig("bench.yaml", []byte(`
 clusters:

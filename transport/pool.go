@@ -44,6 +44,20 @@ type PoolConfig struct {
 	// quarter of MaxConnLifetime late. 0, the default, means no limit.
 	MaxConnLifetime time.Duration
 
+	// DialBackoff is how long, after a failed dial to an upstream that has
+	// no conn open or being dialed, Gets for it fail at once with that
+	// dial's error instead of queueing and dialing again. It doubles with
+	// each further failed dial up to DialBackoffMax and ends with the first
+	// successful one. Like a gRPC subchannel in TRANSIENT_FAILURE, a down
+	// upstream then costs its callers neither a dial nor a wait each, and
+	// the gateway's retry moves them to another upstream at once; the price
+	// is that an upstream that comes back is noticed up to DialBackoffMax
+	// late. Default 10ms; negative turns the back-off off.
+	DialBackoff time.Duration
+
+	// DialBackoffMax caps DialBackoff's growth. Default 250ms.
+	DialBackoffMax time.Duration
+
 	// Unsharded selects the pool ProxyNow had before the sharded one: one
 	// mutex per upstream on every Get and Put. It exists so that benchmarks
 	// can compare the two in one run, and ignores MaxRequestsPerConn and
@@ -66,6 +80,13 @@ func (c PoolConfig) withDefaults() PoolConfig {
 	}
 	c.MaxRequestsPerConn = max(c.MaxRequestsPerConn, 0)
 	c.MaxConnLifetime = max(c.MaxConnLifetime, 0)
+	if c.DialBackoff == 0 {
+		c.DialBackoff = 10 * time.Millisecond
+	}
+	if c.DialBackoffMax <= 0 {
+		c.DialBackoffMax = 250 * time.Millisecond
+	}
+	c.DialBackoffMax = max(c.DialBackoffMax, c.DialBackoff)
 	return c
 }
 
@@ -80,6 +101,7 @@ type PoolStats struct {
 	Reused       uint64 // Gets served by a conn that was already open
 	Steals       uint64 // Gets served by an idle conn of another shard
 	Waits        uint64 // Gets that had to wait for a conn
+	FastFails    uint64 // Gets failed at once during a dial back-off (PoolConfig.DialBackoff)
 	Reaped       uint64 // conns closed for idleness or the idle cap
 	Open         int64  // conns open now
 	Idle         int64  // open conns with no stream handed out
@@ -141,8 +163,8 @@ type Pool struct {
 	detached []*pconn // conns taken out by Shutdown, for Close to abort
 
 	// Slow-path counters; the hot path counts in its shard (shard.hits).
-	dials, dialFailures, fresh, waitReused, steals, waits, reaped atomic.Uint64
-	open                                                          atomic.Int64
+	dials, dialFailures, fresh, waitReused, steals, waits, reaped, fastFails atomic.Uint64
+	open                                                                     atomic.Int64
 }
 
 // cacheLinePad is the size shards and conns are padded to, so that two of
@@ -210,6 +232,12 @@ type upstream struct {
 	// closed is set once the pool has detached this upstream: a caller
 	// that looked it up just before must not queue on it or dial for it.
 	closed bool
+	// The dial back-off (PoolConfig.DialBackoff): after failed dials in a
+	// row, Gets fail with dialErr until retryAt when no conn is open or
+	// being dialed.
+	failedDials int
+	retryAt     time.Time
+	dialErr     error
 }
 
 // shardSet is the shards of one upstream. SetShards replaces it whole.
@@ -482,6 +510,12 @@ func (p *Pool) getSlow(ctx context.Context, addr string, hint uint32) (Conn, err
 	if up.closed {
 		up.mu.Unlock()
 		return nil, errPoolClosed
+	}
+	if up.dialErr != nil && up.dialing == 0 && len(up.conns) == 0 && time.Now().Before(up.retryAt) {
+		err := up.dialErr
+		up.mu.Unlock()
+		p.fastFails.Add(1)
+		return nil, err
 	}
 	w := &waiter{ch: make(chan getResult, 1), shard: s}
 	up.waiters = append(up.waiters, w)
@@ -859,6 +893,14 @@ func (p *Pool) dial(up *upstream, s uint32) {
 	up.dialing--
 	if err != nil {
 		p.dialFailures.Add(1)
+		if p.cfg.DialBackoff > 0 && p.ctx.Err() == nil {
+			d := p.cfg.DialBackoffMax
+			if up.failedDials < 30 {
+				d = min(p.cfg.DialBackoff<<up.failedDials, d)
+			}
+			up.failedDials++
+			up.retryAt, up.dialErr = time.Now().Add(d), err
+		}
 		// Fail the callers this dial was for: all of them when no other
 		// dial or conn can serve them, else the oldest one.
 		for w := up.nextWaiterLocked(); w != nil; w = up.nextWaiterLocked() {
@@ -875,6 +917,7 @@ func (p *Pool) dial(up *upstream, s uint32) {
 		c.Close()
 		return
 	}
+	up.failedDials, up.dialErr = 0, nil
 	pc := &pconn{}
 	pc.Conn, pc.up, pc.born, pc.shard = c, up, time.Now(), s
 	pc.mux = c.Available() > 1
@@ -1103,6 +1146,7 @@ func (p *Pool) Stats() PoolStats {
 	s := PoolStats{
 		Dials: p.dials.Load(), DialFailures: p.dialFailures.Load(), Steals: p.steals.Load(),
 		Waits: p.waits.Load(), Reaped: p.reaped.Load(), Open: p.open.Load(),
+		FastFails: p.fastFails.Load(),
 	}
 	hits := uint64(0)
 	for _, up := range *p.ups.Load() {

@@ -689,11 +689,83 @@ func TestPoolDialFailure(t *testing.T) {
 		if s := p.Stats(); s.Dials != 1 || s.DialFailures != 1 || s.Gets != 0 || s.Open != 0 {
 			t.Errorf("stats = %+v", s)
 		}
-		// The next dial that works serves.
+		// The next dial that works serves, once the back-off is over.
 		d.mu.Lock()
 		d.fail = nil
 		d.mu.Unlock()
+		time.Sleep(10 * time.Millisecond)
 		done(p, mustGet(t, p))
+	})
+}
+
+// TestPoolDialBackoff checks that Gets for an upstream whose dials fail get
+// the dial's error at once, without a dial, for a back-off that doubles per
+// failed dial up to its cap and ends with a successful dial.
+func TestPoolDialBackoff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := newFakeDialer(1)
+		refused := transport.NewError(transport.CodeConnectRefused, true, errors.New("connection refused"))
+		d.fail = refused
+		p := transport.NewPool(d, transport.PoolConfig{DialBackoff: 10 * time.Millisecond, DialBackoffMax: 35 * time.Millisecond})
+		defer p.Close()
+		get := func() error {
+			t.Helper()
+			c, err := p.Get(t.Context(), "up")
+			if err == nil {
+				done(p, c)
+			}
+			return err
+		}
+		// Each failed dial opens a window in which Gets fail at once:
+		// 10ms, 20ms, then capped at 35ms.
+		for i, window := range []time.Duration{10, 20, 35, 35} {
+			window *= time.Millisecond
+			if err := get(); !errors.Is(err, refused) {
+				t.Fatalf("dial %d: Get error = %v, want the dial's", i, err)
+			}
+			dials := p.Stats().Dials
+			time.Sleep(window - time.Millisecond)
+			if err := get(); !errors.Is(err, refused) {
+				t.Fatalf("dial %d: Get inside the back-off: %v, want the last dial's error", i, err)
+			}
+			if s := p.Stats(); s.Dials != dials {
+				t.Fatalf("dial %d: a Get inside the back-off dialed (%d dials, want %d)", i, s.Dials, dials)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if s := p.Stats(); s.Dials != 4 || s.DialFailures != 4 || s.FastFails != 4 {
+			t.Errorf("stats = %+v, want 4 dials, 4 failures, 4 fast fails", s)
+		}
+		// A dial that works ends the back-off: the next failure starts
+		// again at 10ms.
+		d.mu.Lock()
+		d.fail = nil
+		d.mu.Unlock()
+		if err := get(); err != nil {
+			t.Fatalf("Get after the back-off: %v", err)
+		}
+		if s := p.Stats(); s.Dials != 5 || s.Gets != 1 {
+			t.Errorf("stats = %+v, want 5 dials, 1 Get", s)
+		}
+	})
+}
+
+// TestPoolDialBackoffOff checks that a negative DialBackoff dials for every
+// Get that finds no conn.
+func TestPoolDialBackoffOff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := newFakeDialer(1)
+		d.fail = transport.CodeConnectRefused.Err()
+		p := transport.NewPool(d, transport.PoolConfig{DialBackoff: -1})
+		defer p.Close()
+		for range 5 {
+			if _, err := p.Get(t.Context(), "up"); err == nil {
+				t.Fatal("Get succeeded")
+			}
+		}
+		if s := p.Stats(); s.Dials != 5 || s.FastFails != 0 {
+			t.Errorf("stats = %+v, want 5 dials and no fast fail", s)
+		}
 	})
 }
 
