@@ -24,9 +24,11 @@ type DialerConfig struct {
 	// cloned; an empty ServerName defaults to the host of the dialed
 	// address. Nil means plaintext TCP.
 	TLS *tls.Config
-	// ConnectTimeout bounds the TCP connect and the TLS handshake
-	// together. Default 5s.
+	// ConnectTimeout bounds the TCP connect. Default 5s.
 	ConnectTimeout time.Duration
+	// TLSHandshakeTimeout bounds the TLS handshake, from the connect on.
+	// Default 10s.
+	TLSHandshakeTimeout time.Duration
 	// ResponseHeaderTimeout bounds the wait for the response head once the
 	// request (with its body) is written. Default 30s.
 	ResponseHeaderTimeout time.Duration
@@ -56,6 +58,9 @@ var _ transport.Dialer = (*Dialer)(nil)
 func NewDialer(cfg DialerConfig) *Dialer {
 	if cfg.ConnectTimeout <= 0 {
 		cfg.ConnectTimeout = 5 * time.Second
+	}
+	if cfg.TLSHandshakeTimeout <= 0 {
+		cfg.TLSHandshakeTimeout = 10 * time.Second
 	}
 	if cfg.ResponseHeaderTimeout <= 0 {
 		cfg.ResponseHeaderTimeout = 30 * time.Second
@@ -115,8 +120,10 @@ func (d *Dialer) dial(ctx context.Context, addr string) (nc, raw net.Conn, err e
 		conf = conf.Clone()
 		conf.ServerName = host
 	}
+	tctx, tcancel := context.WithTimeout(ctx, d.cfg.TLSHandshakeTimeout)
+	defer tcancel()
 	tc := tls.Client(raw, conf)
-	if err := tc.HandshakeContext(dctx); err != nil {
+	if err := tc.HandshakeContext(tctx); err != nil {
 		raw.Close()
 		return nil, nil, handshakeError(ctx, err)
 	}

@@ -672,6 +672,23 @@ func TestClientDialErrors(t *testing.T) {
 		})
 	}
 
+	// A peer that accepts TCP but never answers the TLS handshake:
+	// TLSHandshakeTimeout ends the dial, well before ConnectTimeout.
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	start := time.Now()
+	_, err = NewDialer(DialerConfig{TLS: &tls.Config{}, ConnectTimeout: time.Minute, TLSHandshakeTimeout: 100 * time.Millisecond}).
+		Dial(t.Context(), silent.Addr().String())
+	if te, ok := errors.AsType[*transport.Error](err); !ok || te.Code != transport.CodeConnectTimeout {
+		t.Errorf("silent TLS peer: err %v, want CodeConnectTimeout", err)
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("silent TLS peer: the dial took %v: ConnectTimeout, not TLSHandshakeTimeout, ended it", d)
+	}
+
 	// The certificate error keeps its type.
 	_, err = NewDialer(DialerConfig{TLS: &tls.Config{}}).Dial(t.Context(), tlsSrv.Listener.Addr().String())
 	if _, ok := errors.AsType[*tls.CertificateVerificationError](err); !ok {

@@ -28,9 +28,13 @@ type DialerConfig struct {
 	// cleartext HTTP/2 with prior knowledge (h2c, RFC 9113 §3.3).
 	TLS *tls.Config
 
-	// ConnectTimeout bounds the TCP connect, the TLS handshake and the
-	// exchange of HTTP/2 prefaces and SETTINGS. Default 5s.
+	// ConnectTimeout bounds the TCP connect and, separately, the exchange
+	// of HTTP/2 prefaces and SETTINGS that follows the TLS handshake.
+	// Default 5s.
 	ConnectTimeout time.Duration
+
+	// TLSHandshakeTimeout bounds the TLS handshake. Default 10s.
+	TLSHandshakeTimeout time.Duration
 
 	// ResponseHeaderTimeout bounds the wait for a response head once
 	// RoundTrip has started. Default 30s.
@@ -44,6 +48,9 @@ type DialerConfig struct {
 func (c DialerConfig) withDefaults() DialerConfig {
 	if c.ConnectTimeout <= 0 {
 		c.ConnectTimeout = 5 * time.Second
+	}
+	if c.TLSHandshakeTimeout <= 0 {
+		c.TLSHandshakeTimeout = 10 * time.Second
 	}
 	if c.ResponseHeaderTimeout <= 0 {
 		c.ResponseHeaderTimeout = 30 * time.Second
@@ -123,10 +130,13 @@ func (d *Dialer) Dial(ctx context.Context, addr string) (transport.Conn, error) 
 			cfg = cfg.Clone()
 			cfg.ServerName = host
 		}
+		tctx, tcancel := context.WithTimeout(ctx, d.cfg.TLSHandshakeTimeout)
 		tc := tls.Client(raw, cfg)
-		if err := tc.HandshakeContext(dctx); err != nil {
+		err := tc.HandshakeContext(tctx)
+		tcancel()
+		if err != nil {
 			raw.Close()
-			return nil, dialErr(ctx, dctx, phaseTLS, err)
+			return nil, dialErr(ctx, tctx, phaseTLS, err)
 		}
 		if tc.ConnectionState().NegotiatedProtocol != http2.NextProtoTLS {
 			raw.Close()
@@ -135,21 +145,24 @@ func (d *Dialer) Dial(ctx context.Context, addr string) (transport.Conn, error) 
 		nc = tc
 	}
 
-	// The preface is written synchronously; bound that write too.
-	if dl, ok := dctx.Deadline(); ok {
+	// The preface exchange gets its own ConnectTimeout after the TLS
+	// handshake. The preface is written synchronously; bound that write too.
+	pctx, pcancel := context.WithTimeout(ctx, d.cfg.ConnectTimeout)
+	defer pcancel()
+	if dl, ok := pctx.Deadline(); ok {
 		nc.SetWriteDeadline(dl)
 	}
 	cc, err := d.t.NewClientConn(nc)
 	if err != nil {
 		raw.Close()
-		return nil, dialErr(ctx, dctx, phaseH2, err)
+		return nil, dialErr(ctx, pctx, phaseH2, err)
 	}
 	// A server sends its SETTINGS first (RFC 9113 §3.4), so the PING ACK
 	// proves that x/net has read them, and that the conn works.
-	if err := cc.Ping(dctx); err != nil {
+	if err := cc.Ping(pctx); err != nil {
 		cc.Close()
 		raw.Close()
-		return nil, dialErr(ctx, dctx, phaseH2, err)
+		return nil, dialErr(ctx, pctx, phaseH2, err)
 	}
 	nc.SetWriteDeadline(time.Time{})
 	c := &conn{d: d, cc: cc, raw: raw}

@@ -369,8 +369,9 @@ func TestClientDialErrors(t *testing.T) {
 			t.Errorf("code %v (%v)", c, err)
 		}
 	})
-	t.Run("connect timeout", func(t *testing.T) {
-		// A peer that accepts TCP but never answers the TLS handshake.
+	t.Run("TLS handshake timeout", func(t *testing.T) {
+		// A peer that accepts TCP but never answers the TLS handshake:
+		// TLSHandshakeTimeout ends the dial, not the longer ConnectTimeout.
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -397,9 +398,19 @@ func TestClientDialErrors(t *testing.T) {
 				c.Close()
 			}
 		}()
-		_, err = h2tDialer(t, true, DialerConfig{ConnectTimeout: 100 * time.Millisecond}).Dial(ctx, ln.Addr().String())
+		start := time.Now()
+		_, err = h2tDialer(t, true, DialerConfig{ConnectTimeout: time.Minute, TLSHandshakeTimeout: 100 * time.Millisecond}).Dial(ctx, ln.Addr().String())
 		if c := h2tCode(t, err); c != transport.CodeConnectTimeout {
 			t.Errorf("code %v (%v)", c, err)
+		}
+		if d := time.Since(start); d > 30*time.Second {
+			t.Errorf("the dial took %v: ConnectTimeout, not TLSHandshakeTimeout, ended it", d)
+		}
+		// Without TLS, the silent peer never sends its SETTINGS: the
+		// preface exchange is bounded by ConnectTimeout.
+		_, err = h2tDialer(t, false, DialerConfig{ConnectTimeout: 100 * time.Millisecond, TLSHandshakeTimeout: time.Minute}).Dial(ctx, ln.Addr().String())
+		if c := h2tCode(t, err); c != transport.CodeConnectTimeout {
+			t.Errorf("h2c: code %v (%v)", c, err)
 		}
 	})
 	t.Run("caller cancelled", func(t *testing.T) {

@@ -70,13 +70,17 @@ type frontend struct {
 func dialerFor(spec gateway.DialerSpec) (transport.Dialer, error) {
 	switch spec.Protocol {
 	case "h1", "":
-		return h1.NewDialer(h1.DialerConfig{TLS: spec.TLS, ConnectTimeout: spec.ConnectTimeout, ResponseHeaderTimeout: spec.ResponseHeaderTimeout}), nil
+		return h1.NewDialer(h1.DialerConfig{TLS: spec.TLS, ConnectTimeout: spec.ConnectTimeout,
+			TLSHandshakeTimeout: spec.TLSHandshakeTimeout, ResponseHeaderTimeout: spec.ResponseHeaderTimeout}), nil
 	case "h2":
-		return h2.NewDialer(h2.DialerConfig{TLS: spec.TLS, ConnectTimeout: spec.ConnectTimeout, ResponseHeaderTimeout: spec.ResponseHeaderTimeout}), nil
+		return h2.NewDialer(h2.DialerConfig{TLS: spec.TLS, ConnectTimeout: spec.ConnectTimeout,
+			TLSHandshakeTimeout: spec.TLSHandshakeTimeout, ResponseHeaderTimeout: spec.ResponseHeaderTimeout}), nil
 	case "h2c":
 		return h2.NewDialer(h2.DialerConfig{ConnectTimeout: spec.ConnectTimeout, ResponseHeaderTimeout: spec.ResponseHeaderTimeout}), nil
 	case "h3":
-		return h3.NewDialer(h3.DialerConfig{TLS: spec.TLS, ConnectTimeout: spec.ConnectTimeout, ResponseHeaderTimeout: spec.ResponseHeaderTimeout}), nil
+		// The QUIC handshake is the connect and the TLS handshake in one.
+		return h3.NewDialer(h3.DialerConfig{TLS: spec.TLS, ConnectTimeout: spec.ConnectTimeout + spec.TLSHandshakeTimeout,
+			ResponseHeaderTimeout: spec.ResponseHeaderTimeout}), nil
 	}
 	return nil, fmt.Errorf("unknown upstream protocol %q", spec.Protocol)
 }
