@@ -131,10 +131,9 @@ func (d *Dialer) Dial(ctx context.Context, addr string) (transport.Conn, error) 
 			cfg.ServerName = host
 		}
 		tctx, tcancel := context.WithTimeout(ctx, d.cfg.TLSHandshakeTimeout)
+		defer tcancel()
 		tc := tls.Client(raw, cfg)
-		err := tc.HandshakeContext(tctx)
-		tcancel()
-		if err != nil {
+		if err := tc.HandshakeContext(tctx); err != nil {
 			raw.Close()
 			return nil, dialErr(ctx, tctx, phaseTLS, err)
 		}

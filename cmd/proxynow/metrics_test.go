@@ -140,7 +140,6 @@ clusters:
 		{3, "proxynow_upstream_errors_total", []string{"cluster", "dead", "code", "connect_refused"}},
 		{0, "proxynow_upstream_errors_total", []string{"cluster", "app", "code", "connect_refused"}},
 		{9, "proxynow_pool_gets_total", []string{"cluster", "app"}},
-		{3, "proxynow_pool_dial_failures_total", []string{"cluster", "dead"}},
 		{1, "proxynow_upstream_state", []string{"cluster", "app", "upstream", up.addr, "state", "healthy"}},
 		{1, "proxynow_quic_handshakes_total", nil}, // one HTTP/3 client, one connection
 		{1, "proxynow_active_connections", []string{"transport", "quic"}},
@@ -159,6 +158,13 @@ clusters:
 	// The HTTP/1.1 and HTTP/2 clients keep their TLS connections open.
 	if got, _ := metric(mfs, "proxynow_active_connections", "transport", "tcp"); got < 2 {
 		t.Errorf("tcp connections open: %v, want at least 2", got)
+	}
+	// Each of the 3 requests to the dead cluster either dialed and failed
+	// or failed at once inside the dial back-off that the first opened.
+	failed, _ := metric(mfs, "proxynow_pool_dial_failures_total", "cluster", "dead")
+	fast, _ := metric(mfs, "proxynow_pool_dial_backoff_failures_total", "cluster", "dead")
+	if failed < 1 || failed+fast != 3 {
+		t.Errorf("dead cluster: %v failed dials + %v failed in back-off, want at least 1 and 3 in all", failed, fast)
 	}
 	if got, _ := metric(mfs, "proxynow_pool_dials_total", "cluster", "app"); got < 1 || got > 3 {
 		t.Errorf("pool dials %v, want 1 to 3 (one per shard at most)", got)
