@@ -15,6 +15,12 @@ import (
 // (or no ALPN) to another. Handshakes run concurrently, each bounded by a
 // timeout, so a slow client cannot hold up accepting.
 type TLSListener struct {
+	// OnHandshake, when set (before Run), is called with each conn as ln
+	// accepted it and the ALPN protocol negotiated on it ("" for none),
+	// after a successful handshake and before the conn is handed to its
+	// sub-listener: a metrics layer's hook to count conns by protocol.
+	OnHandshake func(raw net.Conn, proto string)
+
 	ln               net.Listener
 	config           *tls.Config
 	handshakeTimeout time.Duration
@@ -118,6 +124,9 @@ func (l *TLSListener) handshake(c net.Conn) {
 		return
 	}
 	proto := tc.ConnectionState().NegotiatedProtocol
+	if l.OnHandshake != nil {
+		l.OnHandshake(c, proto)
+	}
 	l.mu.Lock()
 	s := l.subs[proto]
 	if s == nil {

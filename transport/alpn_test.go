@@ -103,6 +103,13 @@ func noConn(t *testing.T, name string, ch <-chan net.Conn) {
 
 func TestTLSListenerALPN(t *testing.T) {
 	l, cliConf := startTLSListener(t, 0)
+	hooked := make(chan string, 3)
+	l.OnHandshake = func(raw net.Conn, proto string) {
+		if _, ok := raw.(*tls.Conn); ok {
+			t.Errorf("OnHandshake got the *tls.Conn, want the conn as accepted")
+		}
+		hooked <- proto
+	}
 	h2conns, h2errc := acceptAll(t, l.Listener("h2"))
 	h1conns, h1errc := acceptAll(t, l.Listener(""))
 	runErr := run(l)
@@ -130,6 +137,12 @@ func TestTLSListenerALPN(t *testing.T) {
 	}
 	noConn(t, "h2 listener", h2conns)
 	noConn(t, "default listener", h1conns)
+	// The hook saw each conn, before it was handed over, in dial order.
+	for _, want := range []string{"h2", "http/1.1", ""} {
+		if got := <-hooked; got != want {
+			t.Errorf("OnHandshake proto %q, want %q", got, want)
+		}
+	}
 
 	if err := l.Close(); err != nil {
 		t.Errorf("Close = %v", err)

@@ -212,8 +212,9 @@ func (inst *instance) openFrontend(cfg *gateway.Config) (*frontend, error) {
 	tcpConf := inst.tlsConf.Clone()
 	tcpConf.NextProtos = []string{"h2", "http/1.1"}
 	// Counted under TLS: the servers still get a *tls.Conn.
-	counted := tcpCountListener{Listener: ln, open: &inst.metrics.tcpConns}
+	counted := tcpCountListener{Listener: ln, m: &inst.metrics}
 	f.tcp = transport.NewTLSListener(counted, tcpConf, time.Duration(cfg.TLS.HandshakeTimeout))
+	f.tcp.OnHandshake = inst.metrics.onHandshake
 	if cfg.HTTP3Enabled() {
 		// The same port as TCP: when the config asked for port 0, the port
 		// the kernel gave TCP.

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"net"
 	"runtime"
-	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,9 +18,22 @@ import (
 // the Go runtime and the process. The gateway registers its own on the same
 // registry.
 type processMetrics struct {
-	reloads  *prometheus.CounterVec
-	tcpConns atomic.Int64 // downstream TCP conns open (HTTP/1.1 and HTTP/2)
+	reloads *prometheus.CounterVec
+	// tcpConns are the downstream TCP conns open, by state: in the TLS
+	// handshake, then HTTP/1.1 or HTTP/2 by ALPN.
+	tcpConns [numConnStates]atomic.Int64
 }
+
+// The states of a downstream TCP conn, indexes of processMetrics.tcpConns.
+const (
+	connHandshake int32 = iota
+	connH1
+	connH2
+	numConnStates
+	connClosed = numConnStates
+)
+
+var connStateLabels = [numConnStates]string{connHandshake: "tls_handshake", connH1: "h1", connH2: "h2"}
 
 // newRegistry returns the registry of one instance with the process metrics
 // registered: a registry per instance, so two gateways run in one test binary.
@@ -93,8 +105,8 @@ type frontCollector struct{ inst *instance }
 
 var (
 	descConns = prometheus.NewDesc("proxynow_active_connections",
-		"Downstream connections open, by transport: tcp (HTTP/1.1 and HTTP/2, told apart by ALPN after accept) or quic (HTTP/3).",
-		[]string{"transport"}, nil)
+		"Downstream connections open, by protocol: h1 and h2 (by ALPN), h3, or tls_handshake (TCP conns in their TLS handshake).",
+		[]string{"protocol"}, nil)
 	descHandshakes = prometheus.NewDesc("proxynow_quic_handshakes_total",
 		"QUIC connections accepted: handshake done, or ready for 0-RTT.", nil, nil)
 	descRefused = prometheus.NewDesc("proxynow_quic_connections_refused_total",
@@ -120,12 +132,14 @@ func (c *frontCollector) Collect(ch chan<- prometheus.Metric) {
 		srv = f.h3
 	}
 	c.inst.mu.Unlock()
-	ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(c.inst.metrics.tcpConns.Load()), "tcp")
+	for i := range c.inst.metrics.tcpConns {
+		ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(c.inst.metrics.tcpConns[i].Load()), connStateLabels[i])
+	}
 	var s h3.ServerStats
 	if srv != nil {
 		s = srv.Stats()
 	}
-	ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(s.ConnsOpen), "quic")
+	ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(s.ConnsOpen), "h3")
 	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.CounterValue, float64(s.Conns))
 	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(s.Refused))
 	ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(s.Retries))
@@ -133,11 +147,13 @@ func (c *frontCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descH3Rejected, prometheus.CounterValue, float64(s.HeaderRejected))
 }
 
-// tcpCountListener counts the conns it accepted that are still open. It
-// wraps the raw TCP listener, under TLS, so the servers still get *tls.Conn.
+// tcpCountListener counts the conns it accepted that are still open, by
+// state (processMetrics.tcpConns). It wraps the raw TCP listener, under TLS,
+// so the servers still get *tls.Conn; the TLS listener's OnHandshake hook
+// (onHandshake) moves a conn from the handshake to its protocol.
 type tcpCountListener struct {
 	net.Listener
-	open *atomic.Int64
+	m *processMetrics
 }
 
 func (l tcpCountListener) Accept() (net.Conn, error) {
@@ -145,20 +161,38 @@ func (l tcpCountListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	l.open.Add(1)
-	return &countedConn{Conn: c, open: l.open}, nil
+	l.m.tcpConns[connHandshake].Add(1)
+	return &countedConn{Conn: c, m: l.m}, nil
 }
 
-// countedConn decrements the count once, on the first Close. It passes
+// onHandshake is the TLS listener's OnHandshake hook.
+func (m *processMetrics) onHandshake(raw net.Conn, proto string) {
+	c, ok := raw.(*countedConn)
+	if !ok {
+		return
+	}
+	to := connH1
+	if proto == "h2" {
+		to = connH2
+	}
+	if c.state.CompareAndSwap(connHandshake, to) {
+		m.tcpConns[connHandshake].Add(-1)
+		m.tcpConns[to].Add(1)
+	}
+}
+
+// countedConn takes itself off the count on the first Close. It passes
 // CloseWrite through for the HTTP/1.1 server's lingering close.
 type countedConn struct {
 	net.Conn
-	open *atomic.Int64
-	once sync.Once
+	m     *processMetrics
+	state atomic.Int32 // a conn state; connClosed after Close
 }
 
 func (c *countedConn) Close() error {
-	c.once.Do(func() { c.open.Add(-1) })
+	if s := c.state.Swap(connClosed); s != connClosed {
+		c.m.tcpConns[s].Add(-1)
+	}
 	return c.Conn.Close()
 }
 

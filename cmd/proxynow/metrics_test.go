@@ -142,7 +142,10 @@ clusters:
 		{9, "proxynow_pool_gets_total", []string{"cluster", "app"}},
 		{1, "proxynow_upstream_state", []string{"cluster", "app", "upstream", up.addr, "state", "healthy"}},
 		{1, "proxynow_quic_handshakes_total", nil}, // one HTTP/3 client, one connection
-		{1, "proxynow_active_connections", []string{"transport", "quic"}},
+		{1, "proxynow_active_connections", []string{"protocol", "h3"}},
+		{1, "proxynow_active_connections", []string{"protocol", "h1"}},
+		{1, "proxynow_active_connections", []string{"protocol", "h2"}},
+		{0, "proxynow_active_connections", []string{"protocol", "tls_handshake"}},
 		{0, "proxynow_quic_retries_sent_total", nil},
 		{1, "proxynow_drain_phase", []string{"phase", "serving"}},
 		{0, "proxynow_drain_phase", []string{"phase", "draining"}},
@@ -154,10 +157,6 @@ clusters:
 		if got, ok := metric(mfs, c.name, c.labels...); !ok || got != c.want {
 			t.Errorf("%s%v = %v (present %v), want %v", c.name, c.labels, got, ok, c.want)
 		}
-	}
-	// The HTTP/1.1 and HTTP/2 clients keep their TLS connections open.
-	if got, _ := metric(mfs, "proxynow_active_connections", "transport", "tcp"); got < 2 {
-		t.Errorf("tcp connections open: %v, want at least 2", got)
 	}
 	// Each of the 3 requests to the dead cluster either dialed and failed
 	// or failed at once inside the dial back-off that the first opened.
