@@ -40,7 +40,7 @@ func histogramOpts(name, help string) prometheus.HistogramOpts {
 
 // statusClasses are the status_class label values, indexed by status/100.
 // Final responses are 2xx to 5xx; the gateway's own 499 (client gone) is 4xx.
-var statusClasses = [...]string{2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+var statusClasses = [...]string{1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 // protoLabels are the protocol label values, indexed by transport.Proto.
 var protoLabels = [...]string{transport.ProtoHTTP1: "h1", transport.ProtoHTTP2: "h2", transport.ProtoHTTP3: "h3"}
@@ -106,7 +106,7 @@ type routeMetrics struct {
 func (m *metrics) route(route, cluster string) *routeMetrics {
 	rm := new(routeMetrics)
 	for p := 1; p < numProtos; p++ {
-		for c := 2; c < len(statusClasses); c++ {
+		for c := 1; c < len(statusClasses); c++ {
 			rm.requests[p][c] = m.requests.WithLabelValues(protoLabels[p], route, cluster, statusClasses[c])
 		}
 		rm.duration[p] = m.duration.WithLabelValues(protoLabels[p], route, cluster)
@@ -127,7 +127,7 @@ func (rm *routeMetrics) observe(p transport.Proto, status int, d time.Duration) 
 	if int(p) >= numProtos || p == 0 {
 		return
 	}
-	if c := status / 100; c >= 2 && c < len(statusClasses) {
+	if c := status / 100; c >= 1 && c < len(statusClasses) {
 		rm.requests[p][c].Inc()
 	}
 	rm.duration[p].Observe(d.Seconds())

@@ -117,6 +117,7 @@ func (g *Gateway) tunnel(st *state, ex *exchange, rt *route) transport.Code {
 		if up = c.pick(up); up == nil {
 			return fail(s, last)
 		}
+		ex.obs.up = up
 		var err error
 		conn, resp, err = g.try(ctx, c, up, req, ex, dl)
 		if err == nil {
@@ -153,6 +154,7 @@ func (g *Gateway) tunnel(st *state, ex *exchange, rt *route) transport.Code {
 		delete(rh, "Sec-Websocket-Accept") // RFC 8441 §5: not used
 		status = http.StatusOK
 	}
+	ex.obs.status = status
 	code := transport.CodeNone
 	if s.WriteHeader(status, rh, -1) != nil || s.Flush() != nil {
 		code = transport.CodeClientCancelled
@@ -254,6 +256,7 @@ func (g *Gateway) tunnelDeclined(s transport.ServerStream, c *cluster, conn tran
 	if len(resp.Trailer) > 0 || len(resp.Header["Trailer"]) > 0 {
 		length = -1
 	}
+	ex.obs.status = resp.Status
 	code := transport.CodeNone
 	if err := s.WriteHeader(resp.Status, resp.Header, length); err != nil {
 		code = transport.CodeClientCancelled

@@ -27,6 +27,13 @@ type fixture struct {
 // The listen address, admin address and TLS certificate are filled in.
 func startGateway(t *testing.T, yaml string, ups ...*testUpstream) *fixture {
 	t.Helper()
+	return startGatewayWith(t, yaml, startOptions{}, ups...)
+}
+
+// startGatewayWith is startGateway with start options (opts.certs gets the
+// test certificate).
+func startGatewayWith(t *testing.T, yaml string, opts startOptions, ups ...*testUpstream) *fixture {
+	t.Helper()
 	for i, u := range ups {
 		tag := "@UP@"
 		if i > 0 {
@@ -50,7 +57,8 @@ func startGateway(t *testing.T, yaml string, ups ...*testUpstream) *fixture {
 	if testing.Verbose() && os.Getenv("PROXYNOW_TEST_LOG") != "" {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	inst, err := start(cfg, log, startOptions{certs: []tls.Certificate{cert}})
+	opts.certs = append(opts.certs, cert)
+	inst, err := start(cfg, log, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

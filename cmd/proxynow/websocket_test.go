@@ -9,9 +9,11 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -369,6 +371,56 @@ func TestWebSocket(t *testing.T) {
 	}
 	if n := up.conns.Load(); n != 3 {
 		t.Errorf("upstream conns %d, want one per WebSocket", n)
+	}
+}
+
+// TestWebSocketRecorded checks what the metrics and the access log say of
+// a tunnel: its status (101 over HTTP/1.1, 200 over HTTP/2 and HTTP/3), the
+// bytes the upstream sent through it, and the upstream.
+func TestWebSocketRecorded(t *testing.T) {
+	up := startWSUpstream(t)
+	var out lockedBuffer
+	l := newLogs(&out, "json", new(slog.LevelVar), 1024)
+	f := startGatewayWith(t, simpleConfig("h1"), startOptions{logs: l}, up.testUpstream)
+	msg := bytes.Repeat([]byte("w"), 1000)
+	for _, proto := range modes {
+		ws := dialWS(t, f, proto, "/chat")
+		up.handshake(t)
+		ws.echo(t, wsBinary, msg)
+		ws.close(t)
+	}
+	// A tunnel is recorded once the gateway's side of it has ended.
+	var entries []map[string]any
+	waitFor(t, 10*time.Second, "3 tunnels in the access log", func() bool {
+		if err := l.access.Flush(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		entries = entries[:0]
+		for line := range strings.Lines(out.String()) {
+			var e map[string]any
+			if json.Unmarshal([]byte(line), &e) == nil && e["path"] == "/chat" {
+				entries = append(entries, e)
+			}
+		}
+		return len(entries) == 3
+	})
+	// The upstream's bytes: its echo (1000 bytes and a 4-byte frame head)
+	// and its Close frame (2 bytes and a 2-byte head).
+	const upstreamBytes = 1000 + 4 + 2 + 2
+	for _, e := range entries {
+		want := 200.0
+		if e["proto"] == "h1" {
+			want = 101
+		}
+		if e["status"] != want || e["bytes"] != float64(upstreamBytes) || e["upstream"] != up.addr {
+			t.Errorf("access log entry %v: want status %v, %d bytes, upstream %s", e, want, upstreamBytes, up.addr)
+		}
+	}
+	mfs := scrape(t, f.inst.AdminAddr())
+	for proto, class := range map[string]string{"h1": "1xx", "h2": "2xx", "h3": "2xx"} {
+		if got, _ := metric(mfs, "proxynow_requests_total", "protocol", proto, "status_class", class); got != 1 {
+			t.Errorf("proxynow_requests_total{protocol=%s,status_class=%s} = %v, want 1", proto, class, got)
+		}
 	}
 }
 
