@@ -234,14 +234,127 @@ func TestServerEarlyData(t *testing.T) {
 				if !sawEarly || !used0RTT || resp.Header.Get("X-Early") != "true" {
 					t.Errorf("safe: handler EarlyData %v, client Used0RTT %v", sawEarly, used0RTT)
 				}
-				if n := ts.Stats().EarlyRequests; n != 1 {
-					t.Errorf("EarlyRequests = %d", n)
+				if st := ts.Stats(); st.EarlyRequests != 1 || st.ZeroRTTAccepted != 1 || st.ZeroRTTRejected != 0 {
+					t.Errorf("EarlyRequests %d, ZeroRTTAccepted %d, ZeroRTTRejected %d", st.EarlyRequests, st.ZeroRTTAccepted, st.ZeroRTTRejected)
 				}
 			case "off":
 				if sawEarly || used0RTT || resp.StatusCode != 200 {
 					t.Errorf("off: handler EarlyData %v, client Used0RTT %v, status %d", sawEarly, used0RTT, resp.StatusCode)
 				}
+				// This server's tickets do not allow 0-RTT, so the client
+				// offered none: nothing was rejected.
+				if st := ts.Stats(); st.ZeroRTTAccepted != 0 || st.ZeroRTTRejected != 0 {
+					t.Errorf("ZeroRTTAccepted %d, ZeroRTTRejected %d", st.ZeroRTTAccepted, st.ZeroRTTRejected)
+				}
 			}
 		})
+	}
+}
+
+// earlyTicketCache is a session cache that reports when a ticket that
+// allows 0-RTT arrives.
+type earlyTicketCache struct {
+	tls.ClientSessionCache
+	put chan struct{}
+}
+
+func (c *earlyTicketCache) Put(key string, cs *tls.ClientSessionState) {
+	c.ClientSessionCache.Put(key, cs)
+	if cs == nil {
+		return
+	}
+	if _, ss, err := cs.ResumptionState(); err == nil && ss != nil && ss.EarlyData {
+		select {
+		case c.put <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// TestServerZeroRTTCounters offers 0-RTT to a server that accepts it, to one
+// with EarlyData "off" that can decrypt the ticket (shared ticket keys, as
+// after a configuration change or across a fleet), and to one with "safe"
+// that cannot (other ticket keys, as after a restart with random keys).
+func TestServerZeroRTTCounters(t *testing.T) {
+	serverTLS, clientTLS := tlsPair(t)
+	serverTLS.SetSessionTicketKeys([][32]byte{{1}})
+	otherKeysTLS := serverTLS.Clone()
+	otherKeysTLS.SetSessionTicketKeys([][32]byte{{2}})
+	start := func(tlsConf *tls.Config, earlyData string) *testServer {
+		cfg := ServerConfig{TLS: tlsConf, EarlyData: earlyData, Logger: quietLogger()}
+		return startServerOn(t, transport.HandlerFunc(echo), cfg, listenUDP(t), clientTLS, nil)
+	}
+	issuer := start(serverTLS, "safe")
+	off := start(serverTLS, "off")
+	otherKeys := start(otherKeysTLS, "safe")
+
+	cache := &earlyTicketCache{ClientSessionCache: tls.NewLRUClientSessionCache(4), put: make(chan struct{}, 1)}
+	tlsConf := clientTLS.Clone()
+	tlsConf.NextProtos = []string{http3.NextProtoH3}
+	tlsConf.ServerName = "localhost" // the cache key: one ticket for all three servers
+	tlsConf.ClientSessionCache = cache
+	ctx := testCtx(t)
+
+	// freshTicket puts a 0-RTT ticket from issuer in the cache. It dials
+	// without 0-RTT, so it offers none and counts nowhere.
+	freshTicket := func() {
+		t.Helper()
+		select {
+		case <-cache.put:
+		default:
+		}
+		qc, err := quic.DialAddr(ctx, issuer.addr, tlsConf, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-cache.put:
+		case <-time.After(testTimeout):
+			t.Fatal("no 0-RTT session ticket")
+		}
+		qc.CloseWithError(0, "")
+	}
+
+	for _, tt := range []struct {
+		name   string
+		ts     *testServer
+		accept bool
+	}{
+		{"accepted", issuer, true},
+		{"off", off, false},
+		{"other ticket keys", otherKeys, false},
+	} {
+		freshTicket()
+		qc, err := quic.DialAddrEarly(ctx, tt.ts.addr, tlsConf, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		select {
+		case <-qc.HandshakeComplete():
+		case <-time.After(testTimeout):
+			t.Fatalf("%s: handshake did not complete", tt.name)
+		}
+		if used := qc.ConnectionState().Used0RTT; used != tt.accept {
+			t.Errorf("%s: client Used0RTT %v", tt.name, used)
+		}
+		var wantAccepted, wantRejected uint64 = 1, 0
+		if !tt.accept {
+			wantAccepted, wantRejected = 0, 1
+		}
+		// The server counts when it accepts, which may be after the
+		// client's handshake completed.
+		waitFor(t, tt.name+" counted", func() bool {
+			st := tt.ts.Stats()
+			return st.ZeroRTTAccepted+st.ZeroRTTRejected > 0
+		})
+		if st := tt.ts.Stats(); st.ZeroRTTAccepted != wantAccepted || st.ZeroRTTRejected != wantRejected {
+			t.Errorf("%s: ZeroRTTAccepted %d, ZeroRTTRejected %d; want %d, %d",
+				tt.name, st.ZeroRTTAccepted, st.ZeroRTTRejected, wantAccepted, wantRejected)
+		}
+		qc.CloseWithError(0, "")
+	}
+	// The dials that fetched tickets offered no 0-RTT.
+	if st := issuer.Stats(); st.ZeroRTTAccepted != 1 || st.ZeroRTTRejected != 0 || st.Conns != 4 {
+		t.Errorf("issuer: %+v", st)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -192,6 +193,38 @@ type ServerStats struct {
 	EarlyRequests  uint64 // of those, received in 0-RTT
 	HeaderRejected uint64 // requests answered with 431 by MaxHeaderCount
 	Panics         uint64 // Handler panics recovered
+
+	// ZeroRTTAccepted and ZeroRTTRejected count accepted connections whose
+	// ClientHello offered 0-RTT (it carried the early_data extension, RFC
+	// 8446 §4.2.10), by whether the server accepted the early data. 0-RTT is
+	// rejected when EarlyData is "off" (a client may still hold a ticket
+	// from a server with "safe" that shares its session ticket keys), when
+	// the session ticket cannot be used (other ticket keys, expired), when
+	// the transport parameters the ticket remembers no longer hold (a
+	// smaller flow-control window or stream limit), or after a
+	// HelloRetryRequest. A connection is counted
+	// when it is accepted: attempts whose handshake fails, or that are
+	// refused by the limits, are in neither. 0-RTT packets that reach the
+	// server without a ClientHello it can process are not counted.
+	ZeroRTTAccepted, ZeroRTTRejected uint64
+
+	// UDPReceiveDrops is the number of datagrams for the server's UDP socket
+	// that the kernel discarded since the socket was made: the socket's
+	// drops (sk_drops) in /proc/net/udp or /proc/net/udp6, mostly because
+	// its receive buffer was full (see CheckUDP), also for a bad checksum.
+	// Linux only (0 elsewhere), and 0 if the socket handed to Serve has no
+	// file descriptor. It keeps its last value after the socket is closed.
+	UDPReceiveDrops uint64
+	// HostUDPSndbufErrors is the UDP SndbufErrors counter of the whole
+	// network namespace (host or container) since it was made: the sum of
+	// Udp SndbufErrors in /proc/net/snmp and Udp6SndbufErrors in
+	// /proc/net/snmp6, all processes' UDP sockets together. The kernel counts
+	// a datagram there when it could not allocate it against the socket's
+	// send buffer, or when the qdisc or device dropped it (ENOBUFS) and the
+	// error was not reported to the sender. Send errors that quic-go sees
+	// close the connection rather than drop a packet, so this is the honest
+	// send-drop figure. Linux only (0 elsewhere).
+	HostUDPSndbufErrors uint64
 }
 
 // Server serves HTTP/3 on a UDP socket and yields every request to a
@@ -234,6 +267,9 @@ type Server struct {
 	now                   func() time.Time // time.Now; tests replace it
 
 	nConns, nOpen, nRefused, nRetries, nRequests, nEarly, n431, nPanics atomic.Int64
+	n0RTTAccepted, n0RTTRejected                                        atomic.Int64
+
+	udp udpStats // the UDP socket's kernel counters, read by Stats
 }
 
 // quicListener is what quic.Listener and quic.EarlyListener share.
@@ -281,6 +317,18 @@ func NewServer(h transport.Handler, cfg ServerConfig) (*Server, error) {
 	// ConfigureTLSConfig clones and sets NextProtos to h3, also for configs
 	// returned by GetConfigForClient.
 	s.tlsConf = http3.ConfigureTLSConfig(cfg.TLS)
+	// Note which ClientHellos offer 0-RTT, for ZeroRTTAccepted and
+	// ZeroRTTRejected: the TLS stack does not report a refused offer.
+	gfc := s.tlsConf.GetConfigForClient
+	s.tlsConf.GetConfigForClient = func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
+		if a, ok := chi.Context().Value(attemptKey{}).(*attempt); ok && slices.Contains(chi.Extensions, extensionEarlyData) {
+			a.offered0RTT.Store(true)
+		}
+		if gfc != nil {
+			return gfc(chi)
+		}
+		return nil, nil
+	}
 	s.qconf = &quic.Config{
 		// quic-go aborts a handshake after twice its idle timeout.
 		HandshakeIdleTimeout:           cfg.HandshakeTimeout / 2,
@@ -336,6 +384,7 @@ func (s *Server) Serve(pc net.PacketConn) error {
 		return fmt.Errorf("h3: listen on %s: %w", pc.LocalAddr(), err)
 	}
 	s.tr, s.ln = tr, ln
+	s.udp.setSocket(pc)
 	if a, ok := pc.LocalAddr().(*net.UDPAddr); ok {
 		s.port = a.Port
 	}
@@ -349,6 +398,7 @@ func (s *Server) Serve(pc net.PacketConn) error {
 			}
 			return fmt.Errorf("h3: accept: %w", err)
 		}
+		s.count0RTT(qc)
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
@@ -379,6 +429,34 @@ func (s *Server) serveConn(cs *connState) {
 		s.log.Debug("h3: connection ended", "remote", cs.remote, "error", err)
 	}
 }
+
+// count0RTT counts a connection whose ClientHello offered 0-RTT as accepted
+// or rejected. The server decides while it processes the ClientHello, which
+// is done when Accept returns the connection, also from an early listener
+// (quic-go hands it over once it has the client's transport parameters,
+// which come in the ClientHello).
+func (s *Server) count0RTT(qc *quic.Conn) {
+	a, ok := qc.Context().Value(attemptKey{}).(*attempt)
+	if !ok || !a.offered0RTT.Load() {
+		return
+	}
+	if qc.ConnectionState().Used0RTT {
+		s.n0RTTAccepted.Add(1)
+	} else {
+		s.n0RTTRejected.Add(1)
+	}
+}
+
+// extensionEarlyData is the TLS early_data extension (RFC 8446 §4.2).
+const extensionEarlyData = 42
+
+// attempt is what the server learns about a connection attempt during its
+// handshake. It lives in the connection's context.
+type attempt struct {
+	offered0RTT atomic.Bool // the ClientHello carried early_data
+}
+
+type attemptKey struct{}
 
 func (s *Server) isClosed() bool {
 	s.mu.Lock()
@@ -422,7 +500,7 @@ func (s *Server) connContext(ctx context.Context, info *quic.ClientInfo) (contex
 		}
 		s.srcMu.Unlock()
 	})
-	return ctx, nil
+	return context.WithValue(ctx, attemptKey{}, new(attempt)), nil
 }
 
 // verifySource is the Retry policy. quic-go asks it for every Initial packet
@@ -523,8 +601,11 @@ func (s *Server) Port() int {
 	return s.port
 }
 
-// Stats returns the server's counters.
+// Stats returns the server's counters. On Linux it reads the UDP counters
+// from /proc, so call it when the figures are wanted (a scrape), not per
+// request.
 func (s *Server) Stats() ServerStats {
+	recvDrops, sndbufErrors := s.udp.read()
 	return ServerStats{
 		Conns:          uint64(s.nConns.Load()),
 		ConnsOpen:      s.nOpen.Load(),
@@ -534,6 +615,11 @@ func (s *Server) Stats() ServerStats {
 		EarlyRequests:  uint64(s.nEarly.Load()),
 		HeaderRejected: uint64(s.n431.Load()),
 		Panics:         uint64(s.nPanics.Load()),
+
+		ZeroRTTAccepted:     uint64(s.n0RTTAccepted.Load()),
+		ZeroRTTRejected:     uint64(s.n0RTTRejected.Load()),
+		UDPReceiveDrops:     recvDrops,
+		HostUDPSndbufErrors: sndbufErrors,
 	}
 }
 

@@ -117,10 +117,20 @@ var (
 		"HTTP/3 requests received in 0-RTT early data and accepted.", nil, nil)
 	descH3Rejected = prometheus.NewDesc("proxynow_http3_header_rejected_total",
 		"HTTP/3 requests answered with 431 for too many header fields.", nil, nil)
+	descZeroRTT = prometheus.NewDesc("proxynow_quic_zero_rtt_connections_total",
+		"QUIC connections whose ClientHello offered 0-RTT, by result: accepted or rejected (http3.early_data off, "+
+			"an unusable ticket, changed transport parameters, or a HelloRetryRequest).", []string{"result"}, nil)
+	descUDPDrops = prometheus.NewDesc("proxynow_udp_receive_drops_total",
+		"Datagrams for the HTTP/3 UDP socket that the kernel dropped, mostly for a full receive buffer "+
+			"(net.core.rmem_max): the socket's drops in /proc/net/udp. Linux only.", nil, nil)
+	descUDPSndbuf = prometheus.NewDesc("proxynow_udp_host_send_buffer_errors_total",
+		"UDP datagrams the kernel could not send for lack of send buffer, for the whole network namespace "+
+			"(all processes): Udp SndbufErrors in /proc/net/snmp and snmp6. Linux only.", nil, nil)
 )
 
 func (c *frontCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConns, descHandshakes, descRefused, descRetries, descEarly, descH3Rejected} {
+	for _, d := range []*prometheus.Desc{descConns, descHandshakes, descRefused, descRetries, descEarly, descH3Rejected,
+		descZeroRTT, descUDPDrops, descUDPSndbuf} {
 		ch <- d
 	}
 }
@@ -145,6 +155,10 @@ func (c *frontCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(s.Retries))
 	ch <- prometheus.MustNewConstMetric(descEarly, prometheus.CounterValue, float64(s.EarlyRequests))
 	ch <- prometheus.MustNewConstMetric(descH3Rejected, prometheus.CounterValue, float64(s.HeaderRejected))
+	ch <- prometheus.MustNewConstMetric(descZeroRTT, prometheus.CounterValue, float64(s.ZeroRTTAccepted), "accepted")
+	ch <- prometheus.MustNewConstMetric(descZeroRTT, prometheus.CounterValue, float64(s.ZeroRTTRejected), "rejected")
+	ch <- prometheus.MustNewConstMetric(descUDPDrops, prometheus.CounterValue, float64(s.UDPReceiveDrops))
+	ch <- prometheus.MustNewConstMetric(descUDPSndbuf, prometheus.CounterValue, float64(s.HostUDPSndbufErrors))
 }
 
 // tcpCountListener counts the conns it accepted that are still open, by

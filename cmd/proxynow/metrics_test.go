@@ -147,6 +147,8 @@ clusters:
 		{1, "proxynow_active_connections", []string{"protocol", "h2"}},
 		{0, "proxynow_active_connections", []string{"protocol", "tls_handshake"}},
 		{0, "proxynow_quic_retries_sent_total", nil},
+		{0, "proxynow_quic_zero_rtt_connections_total", []string{"result", "accepted"}},
+		{0, "proxynow_quic_zero_rtt_connections_total", []string{"result", "rejected"}},
 		{1, "proxynow_drain_phase", []string{"phase", "serving"}},
 		{0, "proxynow_drain_phase", []string{"phase", "draining"}},
 		{0, "proxynow_drain_streams_cut_total", nil},
@@ -168,7 +170,7 @@ clusters:
 	if got, _ := metric(mfs, "proxynow_pool_dials_total", "cluster", "app"); got < 1 || got > 3 {
 		t.Errorf("pool dials %v, want 1 to 3 (one per shard at most)", got)
 	}
-	for _, name := range []string{"go_goroutines", "go_memstats_alloc_bytes", "process_resident_memory_bytes", "proxynow_build_info"} {
+	for _, name := range []string{"proxynow_udp_receive_drops_total", "proxynow_udp_host_send_buffer_errors_total", "go_goroutines", "go_memstats_alloc_bytes", "process_resident_memory_bytes", "proxynow_build_info"} {
 		if _, ok := mfs[name]; !ok {
 			t.Errorf("%s missing", name)
 		}
