@@ -185,6 +185,7 @@ type collector struct {
 	srv *httptest.Server
 
 	mu       sync.Mutex
+	raw      [][]byte // the request bodies
 	requests []map[string]any
 	spans    []map[string]any
 	status   int           // answer; 0 for 200
@@ -230,11 +231,17 @@ func (c *collector) record(r *http.Request) {
 		c.bad = append(c.bad, r.Method+" "+r.URL.Path+" "+r.Header.Get("Content-Type"))
 		return
 	}
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		c.bad = append(c.bad, "read: "+err.Error())
+		return
+	}
 	var req map[string]any
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+	if err := json.Unmarshal(body, &req); err != nil {
 		c.bad = append(c.bad, "decode: "+err.Error())
 		return
 	}
+	c.raw = append(c.raw, body)
 	c.requests = append(c.requests, req)
 	for _, rs := range req["resourceSpans"].([]any) {
 		for _, ss := range rs.(map[string]any)["scopeSpans"].([]any) {
