@@ -535,6 +535,11 @@ func (c *conn) RoundTrip(ctx context.Context, req *transport.Request) (*transpor
 		body, cl = nil, 0
 	} else if cl == 0 {
 		body = nil
+	} else if cl < 0 {
+		var err error
+		if body, cl, err = probeBody(ctx, body, req); err != nil {
+			return nil, c.fail(err)
+		}
 	}
 	if err := c.writeHead(req, cl); err != nil {
 		return nil, c.fail(err)
@@ -554,6 +559,81 @@ func (c *conn) RoundTrip(ctx context.Context, req *transport.Request) (*transpor
 		return nil, c.fail(err)
 	}
 	return resp, nil
+}
+
+// probeWait is how long probeBody waits for the first byte or the end of a
+// body of unknown length: net/http's Transport waits as long.
+const probeWait = 200 * time.Millisecond
+
+// probeBody finds out whether a request body of unknown length is in fact
+// empty before the head goes out, as net/http's Transport does: a client's
+// request (an HTTP/3 GET whose stream FIN came in a packet after its HEADERS,
+// or an HTTP/2 one ended by an empty DATA frame) must not reach the upstream
+// as a chunked request with a body. It reads the body once, waiting up to
+// probeWait. A body that ends at once without trailers is dropped (nil, 0);
+// otherwise the body is returned with what the probe read put back in front,
+// to be sent chunked, and the read still under way after probeWait goes on.
+// Only requests with a body of unknown length pay for the probe (a goroutine
+// and a small allocation).
+func probeBody(ctx context.Context, body io.Reader, req *transport.Request) (io.Reader, int64, error) {
+	p := &probedBody{r: body, done: make(chan struct{})}
+	go p.probe()
+	t := time.NewTimer(probeWait)
+	defer t.Stop()
+	select {
+	case <-p.done:
+		if p.n == 0 && p.err == io.EOF && len(req.Trailer) == 0 {
+			return nil, 0, nil
+		}
+	case <-t.C:
+	case <-ctx.Done():
+		return nil, 0, ctxError(ctx)
+	}
+	return p, -1, nil
+}
+
+// probedBody is a body whose first read probeBody made: Read returns that
+// read's bytes and error first, then reads the body.
+type probedBody struct {
+	r    io.Reader
+	done chan struct{} // closed when the probe's read returned
+	buf  [512]byte
+	n    int   // bytes of buf not yet returned
+	off  int   // of buf
+	err  error // the probe's error, returned once buf is drained
+	read bool  // the probe's result was returned
+}
+
+// ready reports whether the probe's read has returned.
+func (p *probedBody) ready() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *probedBody) probe() {
+	defer close(p.done)
+	p.n, p.err = p.r.Read(p.buf[:])
+}
+
+func (p *probedBody) Read(b []byte) (int, error) {
+	if !p.read {
+		<-p.done
+		if p.n > 0 {
+			n := copy(b, p.buf[p.off:p.off+p.n])
+			p.off += n
+			p.n -= n
+			return n, nil
+		}
+		p.read = true
+		if p.err != nil {
+			return 0, p.err
+		}
+	}
+	return p.r.Read(b)
 }
 
 // refresh checks, before reusing a conn idle for a while, that the upstream
@@ -689,7 +769,12 @@ func (c *conn) writeBody(body io.Reader, req *transport.Request, cl int64, done 
 	var werr, rerr error // conn write error, body read error
 	var sent int64
 	var hex [20]byte
-	for {
+	if pb, ok := body.(*probedBody); ok && !pb.ready() {
+		// The body's first bytes are late: the head goes now, as the
+		// upstream may answer (or a client wait for it) before they come.
+		werr = c.bw.Flush()
+	}
+	for werr == nil {
 		p := buf
 		if cl >= 0 && int64(len(p)) > cl-sent {
 			p = p[:cl-sent]

@@ -212,6 +212,63 @@ func TestClientChunkedUpload(t *testing.T) {
 	}
 }
 
+// TestClientProbesUnknownLength: a request body of unknown length that turns
+// out empty goes as no body at all, not as a chunked one; one whose first
+// bytes are late goes chunked once the probe stops waiting.
+func TestClientProbesUnknownLength(t *testing.T) {
+	type seen struct {
+		te   []string
+		cl   int64
+		body string
+	}
+	got := make(chan seen, 1)
+	headIn := make(chan struct{}, 1)
+	srv, _ := countingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case headIn <- struct{}{}:
+		default:
+		}
+		b, _ := io.ReadAll(r.Body)
+		got <- seen{r.TransferEncoding, r.ContentLength, string(b)}
+	}), false)
+	c := dialT(t, NewDialer(DialerConfig{}), srv.Listener.Addr().String())
+	check := func(name string, req *transport.Request, want seen) {
+		t.Helper()
+		resp, _ := do(t, c, req)
+		if resp.Status != 200 {
+			t.Fatalf("%s: status %d", name, resp.Status)
+		}
+		s := <-got
+		if len(s.te) != len(want.te) || s.cl != want.cl || s.body != want.body {
+			t.Errorf("%s: upstream saw TE %v, Content-Length %d, body %q; want TE %v, %d, %q", name, s.te, s.cl, s.body, want.te, want.cl, want.body)
+		}
+	}
+
+	// Ends without a byte: an HTTP/3 GET whose FIN followed its HEADERS.
+	pr, pw := io.Pipe()
+	go pw.Close()
+	req := getReq("/empty")
+	req.ContentLength, req.Body = -1, pr
+	check("empty", req, seen{nil, 0, ""})
+
+	// Its first bytes come only after the head has reached the upstream.
+	<-headIn // the empty one's
+	pr, pw = io.Pipe()
+	go func() {
+		<-headIn
+		io.WriteString(pw, "late")
+		pw.Close()
+	}()
+	req = getReq("/late")
+	req.Method, req.ContentLength, req.Body = "POST", -1, pr
+	check("late", req, seen{[]string{"chunked"}, -1, "late"})
+
+	// Bytes at once.
+	req = getReq("/now")
+	req.Method, req.ContentLength, req.Body = "POST", -1, strings.NewReader("now")
+	check("at once", req, seen{[]string{"chunked"}, -1, "now"})
+}
+
 func TestClientInformational(t *testing.T) {
 	srv, _ := countingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Link", "</a.css>; rel=preload")
