@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -38,8 +39,14 @@ type AdminHooks struct {
 //	GET  /metrics  Prometheus metrics (text, or protobuf with native histograms); 404 with metrics.enabled false
 //	GET  /loglevel the log level, "INFO"
 //	PUT  /loglevel set it from the body ("debug", "info", "warn", "error"): 200 with the new level, 400
+//	GET  /debug/pprof/ Go's profiles (net/http/pprof), as Caddy's admin endpoint has them
 func (g *Gateway) AdminHandler(hooks AdminHooks) http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	if hooks.Metrics != nil {
 		metrics := metricsHandler(hooks.Metrics, g.log)
 		mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {

@@ -288,6 +288,9 @@ func TestAccessLogLevelReload(t *testing.T) {
 	if code, _ := adminDo(t, "POST", admin+"/reload", ""); code != 400 {
 		t.Errorf("bad reload: %d", code)
 	}
+	if code, body := adminDo(t, "GET", admin+"/debug/pprof/goroutine?debug=1", ""); code != 200 || !strings.Contains(body, "goroutine profile:") {
+		t.Errorf("GET /debug/pprof/goroutine: %d %.60q", code, body)
+	}
 	mfs := scrape(t, inst.AdminAddr())
 	if v, _ := metric(mfs, "proxynow_config_reloads_total", "result", "success"); v != 1 {
 		t.Errorf("successful reloads %v", v)
