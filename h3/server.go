@@ -244,6 +244,7 @@ type ServerStats struct {
 type Server struct {
 	cfg     ServerConfig
 	handler transport.Handler
+	workers *transport.Workers // run the handler on goroutines with grown stacks
 	log     *slog.Logger
 	keys    Keys
 	tlsConf *tls.Config
@@ -296,6 +297,7 @@ func NewServer(h transport.Handler, cfg ServerConfig) (*Server, error) {
 	s := &Server{
 		cfg:     cfg,
 		handler: h,
+		workers: transport.NewWorkers(0),
 		log:     cfg.Logger,
 		conns:   make(map[*quic.Conn]*connState),
 		sources: make(map[netip.Addr]int),
@@ -551,6 +553,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	err := <-errc
 	s.connWG.Wait()
 	s.closeTransport()
+	s.workers.Close()
 	if err != nil && ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -582,6 +585,7 @@ func (s *Server) Close() error {
 	}
 	s.connWG.Wait()
 	s.closeTransport()
+	s.workers.Close()
 	return err
 }
 

@@ -81,7 +81,9 @@ func (a *adapter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// the client, on our Close or CancelWrite, and when the connection
 	// closes; its cause tells which.
 	stop := context.AfterFunc(hs.Context(), st.onStreamDone)
-	st.serve(s.handler)
+	// On a pooled goroutine: quic-go's, new for each request, would grow
+	// its stack anew every time. This one waits.
+	s.workers.Do(st)
 	stop()
 	st.cancel(nil)
 }
@@ -195,6 +197,9 @@ func (st *serverStream) bodyless() bool {
 	n, err := st.qs.Peek(b[:])
 	return n == 0 && err == io.EOF
 }
+
+// Run serves the stream with the server's handler, on a worker.
+func (st *serverStream) Run() { st.serve(st.srv.handler) }
 
 func (st *serverStream) serve(h transport.Handler) {
 	defer func() {
