@@ -113,7 +113,12 @@ type Response struct {
 // request to its [Handler]. The handler reads the request and writes exactly
 // one final response head, then the body, then Finish (or Reset).
 //
-// Methods other than Reset must be called from the handler's goroutine.
+// Methods other than Reset must be called from the handler's goroutine. The
+// stream and its Request belong to the server again once ServeStream has
+// returned (a server may recycle them, as net/http does its
+// ResponseWriter): nothing may use them after that, Reset included. Only a
+// request body, and the header map, that an upstream conn still reads then
+// stay valid.
 type ServerStream interface {
 	// Context is cancelled when the client goes away or the server closes
 	// the connection; its cause is a *Error carrying the Code.

@@ -24,7 +24,7 @@ type Workers struct {
 	work chan *task // unbuffered: a send succeeds only when a worker waits
 	idle time.Duration
 	live atomic.Int64 // workers running or waiting
-	free sync.Pool    // of *task with their done channel, for Do
+	free sync.Pool    // of *task
 
 	quit      chan struct{} // closed by Close
 	closeOnce sync.Once
@@ -51,16 +51,22 @@ func (w *Workers) Close() {
 
 type task struct {
 	t    Task
-	done chan struct{} // buffered 1; nil for Go
+	wait bool          // Do: signal done when t.Run returns
+	done chan struct{} // buffered 1
 }
 
-// Do runs t on a worker and returns when t.Run has returned.
-func (w *Workers) Do(t Task) {
+func (w *Workers) get(t Task, wait bool) *task {
 	tk, _ := w.free.Get().(*task)
 	if tk == nil {
 		tk = &task{done: make(chan struct{}, 1)}
 	}
-	tk.t = t
+	tk.t, tk.wait = t, wait
+	return tk
+}
+
+// Do runs t on a worker and returns when t.Run has returned.
+func (w *Workers) Do(t Task) {
+	tk := w.get(t, true)
 	w.start(tk)
 	<-tk.done
 	w.free.Put(tk)
@@ -68,7 +74,7 @@ func (w *Workers) Do(t Task) {
 
 // Go runs t on a worker and returns at once.
 func (w *Workers) Go(t Task) {
-	w.start(&task{t: t})
+	w.start(w.get(t, false))
 }
 
 func (w *Workers) start(tk *task) {
@@ -85,11 +91,14 @@ func (w *Workers) worker(tk *task) {
 	timer := time.NewTimer(w.idle)
 	defer timer.Stop()
 	for {
-		t, done := tk.t, tk.done
-		tk.t = nil // tk may be reused once done is signalled
+		t, wait, done := tk.t, tk.wait, tk.done
+		tk.t = nil
+		if !wait {
+			w.free.Put(tk)
+		}
 		t.Run()
-		if done != nil {
-			done <- struct{}{}
+		if wait {
+			done <- struct{}{} // Do recycles tk
 		}
 		timer.Reset(w.idle)
 		select {
