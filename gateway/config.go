@@ -15,6 +15,9 @@ type Config struct {
 	// TLS holds the server certificates.
 	TLS TLSConfig `yaml:"tls"`
 
+	// HTTP2 configures the HTTP/2 server.
+	HTTP2 HTTP2Config `yaml:"http2"`
+
 	// HTTP3 configures QUIC and HTTP/3 on Listen's UDP port.
 	HTTP3 HTTP3Config `yaml:"http3"`
 
@@ -84,6 +87,17 @@ type TLSConfig struct {
 type CertificateConfig struct {
 	Cert string `yaml:"cert"`
 	Key  string `yaml:"key"`
+}
+
+// HTTP2Config configures the HTTP/2 server. Its limits are in Limits.
+type HTTP2Config struct {
+	// Engine is the HTTP/2 server implementation: "native", ProxyNow's own
+	// (h2spec-clean, one write per short response, RST_STREAM codes from
+	// the error table), or "xnet", golang.org/x/net/http2's server, the
+	// engine of earlier releases, kept as a fallback. Like Envoy's switch
+	// between its nghttp2 and oghttp2 codecs, it changes nothing else.
+	// Default "native".
+	Engine string `yaml:"engine"`
 }
 
 // HTTP3Config configures QUIC and HTTP/3.

@@ -223,6 +223,7 @@ clusters:
 	want := &Config{
 		Listen: ":8443",
 		TLS:    TLSConfig{HandshakeTimeout: s(10 * time.Second)},
+		HTTP2:  HTTP2Config{Engine: "native"},
 		HTTP3: HTTP3Config{
 			Enabled: new(true), IdleTimeout: s(30 * time.Second), HandshakeTimeout: s(10 * time.Second),
 			MaxStreams: 250, InitialStreamWindow: 512 << 10, MaxStreamWindow: 6 << 20,
@@ -383,6 +384,7 @@ func TestParseConfigInvalid(t *testing.T) {
 		{name: "tracing batch", src: "tracing:\n  batch_size: -1\n", pos: "2:15", field: "tracing.batch_size", msg: "must be at least 1"},
 		{name: "metrics enabled", src: "metrics:\n  enabled: sometimes\n", pos: "2:12", field: "metrics.enabled", msg: "expected true or false"},
 		{name: "early data", src: "http3:\n  early_data: on\n", pos: "2:15", field: "http3.early_data", msg: "not one of off, safe"},
+		{name: "h2 engine", src: "http2:\n  engine: nghttp2\n", pos: "2:11", field: "http2.engine", msg: "not one of native, xnet"},
 		{name: "retry", src: "http3:\n  retry: sometimes\n", pos: "2:10", field: "http3.retry", msg: "not one of never, always, auto"},
 		{name: "negative count", src: "limits:\n  max_header_count: -1\n", pos: "2:21", field: "limits.max_header_count", msg: "must not be negative"},
 		{name: "negative pool", src: "clusters:\n  - name: app\n    servers: [\"127.0.0.1:8080\"]\n    pool: {max_idle: -2}\n",

@@ -19,10 +19,10 @@ type errorInfo struct {
 	// started and the stream can only be reset. REFUSED_STREAM and
 	// H3_REQUEST_REJECTED promise the request was not processed, so only
 	// codes the gateway raises before forwarding use them; CONNECT_ERROR is
-	// for CONNECT tunnels and not used for requests. The h3 server sends the
-	// h3 column (a test in cmd/proxynow checks they agree); x/net's HTTP/2
-	// server always sends INTERNAL_ERROR, so the h2 column is what a native
-	// HTTP/2 server will send.
+	// for CONNECT tunnels and not used for requests. The h3 server and the
+	// native HTTP/2 engine send these columns (a test in cmd/proxynow checks
+	// they agree); the x/net HTTP/2 engine (http2.engine: xnet) always sends
+	// INTERNAL_ERROR.
 	h2Reset uint32
 	h3Reset uint64
 

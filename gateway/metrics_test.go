@@ -81,9 +81,9 @@ func TestRouteMetrics(t *testing.T) {
 			t.Errorf("requests_total{%s} = %v (present %v), want %v", k, got, ok, want)
 		}
 	}
-	// 3 protocols x 4 classes, for the route and for "none".
-	if len(req) != 24 {
-		t.Errorf("%d request series, want 24", len(req))
+	// 3 protocols x 5 classes (1xx to 5xx), for the route and for "none".
+	if len(req) != 30 {
+		t.Errorf("%d request series, want 30", len(req))
 	}
 	dur := series(t, reg, "proxynow_request_duration_seconds")
 	if got := dur["cluster=api,protocol=h3,route=api.example.com/v1"]; got != 2 {
@@ -94,8 +94,8 @@ func TestRouteMetrics(t *testing.T) {
 	}
 
 	m.forgetRoute("api.example.com/v1", "api")
-	if req := series(t, reg, "proxynow_requests_total"); len(req) != 12 {
-		t.Errorf("after forgetRoute: %d series, want the 12 of none", len(req))
+	if req := series(t, reg, "proxynow_requests_total"); len(req) != 15 {
+		t.Errorf("after forgetRoute: %d series, want the 15 of none", len(req))
 	}
 
 	if n := testing.AllocsPerRun(1000, func() { rm.observe(transport.ProtoHTTP2, 200, time.Millisecond) }); n != 0 && !raceEnabled {

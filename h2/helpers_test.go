@@ -159,8 +159,40 @@ type h2tServer struct {
 	errc chan error // Serve's result
 }
 
+// h2tEngineList names the engines the server tests run against.
+var h2tEngineList = []struct {
+	name   string
+	engine Engine
+}{{"xnet", EngineXNet}, {"native", EngineNative}}
+
+// h2tEngineByTest maps the *testing.T of an engine subtest to its engine.
+var h2tEngineByTest sync.Map
+
+// h2tEngines runs f once per engine, as subtests named after them;
+// h2tStartServer serves with the subtest's engine.
+func h2tEngines(t *testing.T, f func(t *testing.T)) {
+	for _, e := range h2tEngineList {
+		t.Run(e.name, func(t *testing.T) {
+			h2tEngineByTest.Store(t, e.engine)
+			t.Cleanup(func() { h2tEngineByTest.Delete(t) })
+			f(t)
+		})
+	}
+}
+
+// h2tEngine returns the engine of an h2tEngines subtest (EngineNative, the
+// zero Engine, otherwise).
+func h2tEngine(t testing.TB) Engine {
+	v, _ := h2tEngineByTest.Load(t)
+	e, _ := v.(Engine)
+	return e
+}
+
 func h2tStartServer(t *testing.T, h transport.Handler, cfg ServerConfig) *h2tServer {
 	t.Helper()
+	if cfg.Engine == EngineNative { // the zero value: the subtest's
+		cfg.Engine = h2tEngine(t)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

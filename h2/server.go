@@ -52,10 +52,32 @@ type ServerConfig struct {
 	// the client's first SETTINGS to 2s on its own.) Default 10s.
 	HeaderTimeout time.Duration
 
-	// Logger receives handler panics and x/net's conn-level messages.
-	// Default slog.Default().
+	// Logger receives handler panics and, with EngineXNet, x/net's
+	// conn-level messages. Default slog.Default().
 	Logger *slog.Logger
+
+	// Engine selects the HTTP/2 implementation that serves the conns:
+	// EngineNative (the default) or EngineXNet. Both have the same API and
+	// semantics; see Engine.
+	Engine Engine
 }
+
+// Engine names an HTTP/2 server implementation.
+type Engine uint8
+
+// The engines.
+const (
+	// EngineNative serves each conn with this package's own engine (native.go):
+	// handlers write frames themselves, with no per-frame handoff between
+	// goroutines, and Reset sends the RST_STREAM code mapped from its
+	// transport.Code.
+	EngineNative Engine = iota
+	// EngineXNet serves each conn with x/net's http2.Server and adapts its
+	// http.ResponseWriter to transport.ServerStream. RST_STREAM from
+	// ServerStream.Reset always carries INTERNAL_ERROR. It is the engine of
+	// earlier releases, kept as a fallback.
+	EngineXNet
+)
 
 func (c ServerConfig) withDefaults() ServerConfig {
 	if c.MaxHeaderBytes <= 0 {
@@ -105,8 +127,8 @@ const (
 )
 
 // Server serves HTTP/2 conns and yields their streams to a transport.Handler.
-// Each conn is served by x/net's http2.Server in a goroutine that the Server
-// owns; Shutdown and Close return once those goroutines have.
+// Each conn is served, by the engine ServerConfig.Engine names, in goroutines
+// that the Server owns; Shutdown and Close return once those have.
 //
 // It supports WebSocket over HTTP/2 (RFC 8441): it advertises
 // SETTINGS_ENABLE_CONNECT_PROTOCOL, and an extended CONNECT with :protocol
@@ -132,6 +154,8 @@ type Server struct {
 
 	handlers     atomic.Int64  // ServeHTTP calls in progress
 	handlersIdle chan struct{} // buffered(1): handlers dropped to 0 while stopping
+
+	native *nativeServer // the native engine; nil with EngineXNet
 }
 
 // NewServer returns a Server that yields streams to h.
@@ -145,6 +169,10 @@ func NewServer(h transport.Handler, cfg ServerConfig) *Server {
 		conns:        make(map[*connHandler]struct{}),
 		done:         make(chan struct{}),
 		handlersIdle: make(chan struct{}, 1),
+	}
+	if cfg.Engine == EngineNative {
+		s.native = newNativeServer(s)
+		return s
 	}
 	s.base = &http.Server{
 		MaxHeaderBytes: cfg.MaxHeaderBytes - headerListPadding,
@@ -204,18 +232,30 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 		backoff = 0
-		ch := s.newConnHandler(c)
-		s.mu.Lock()
-		if s.stopped {
-			s.mu.Unlock()
-			ch.closeNow()
+		if !s.startConn(c) {
 			return nil
 		}
-		s.conns[ch] = struct{}{}
-		s.connWG.Add(1)
-		s.mu.Unlock()
-		go s.serveConn(ch)
 	}
+}
+
+// startConn serves c in a goroutine of its own, unless the Server has
+// stopped; then it closes c and returns false.
+func (s *Server) startConn(c net.Conn) bool {
+	if s.native != nil {
+		return s.native.startConn(c)
+	}
+	ch := s.newConnHandler(c)
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		ch.closeNow()
+		return false
+	}
+	s.conns[ch] = struct{}{}
+	s.connWG.Add(1)
+	s.mu.Unlock()
+	go s.serveConn(ch)
+	return true
 }
 
 // retryableAccept reports whether an accept error is transient: a timeout, or
@@ -246,16 +286,23 @@ func (s *Server) serveConn(ch *connHandler) {
 // every handler has returned. When ctx ends first, Shutdown returns ctx.Err()
 // and leaves the rest to Close.
 //
-// x/net closes a conn that sent a graceful GOAWAY one second after its last
-// stream ended (or at once if the client closes first), so Shutdown takes
-// about that long even with no stream in flight.
+// The native engine sends GOAWAY in two steps (RFC 9113 §6.8: first with
+// the last stream ID 2^31-1 and a PING, then, once the PING is answered,
+// with the last stream it took) and closes each conn as soon as its streams
+// are done. x/net closes a conn that sent a graceful GOAWAY one second after
+// its last stream ended (or at once if the client closes first), so with
+// EngineXNet Shutdown takes about that long even with no stream in flight.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.stop()
-	// base serves nothing itself: Shutdown only runs the hook that
-	// ConfigureServer registered, which starts a graceful shutdown on each
-	// conn x/net has registered so far, and returns at once. A conn
-	// registered later is caught by onConnState.
-	s.base.Shutdown(context.Background())
+	if s.native != nil {
+		s.native.shutdown()
+	} else {
+		// base serves nothing itself: Shutdown only runs the hook that
+		// ConfigureServer registered, which starts a graceful shutdown on
+		// each conn x/net has registered so far, and returns at once. A
+		// conn registered later is caught by onConnState.
+		s.base.Shutdown(context.Background())
+	}
 
 	connsDone := make(chan struct{})
 	go func() {
@@ -281,6 +328,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // flight (their contexts end with cause CodeDraining). It returns once the
 // conns' goroutines have; handlers still running finish on their own.
 func (s *Server) Close() error {
+	if s.native != nil {
+		return s.native.close()
+	}
 	s.closed.Store(true)
 	s.stop()
 	s.mu.Lock()

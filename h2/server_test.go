@@ -70,7 +70,9 @@ func h2tGet(t *testing.T, cc *http2.ClientConn, method, path string, body io.Rea
 	return res
 }
 
-func TestServerGetPost(t *testing.T) {
+func TestServerGetPost(t *testing.T) { h2tEngines(t, testServerGetPost) }
+
+func testServerGetPost(t *testing.T) {
 	h2tCheckLeaks(t)
 	ts := h2tStartServer(t, transport.HandlerFunc(h2tEcho), ServerConfig{})
 	cc := h2tDialClient(t, ts.addr)
@@ -126,13 +128,15 @@ func TestServerGetPost(t *testing.T) {
 	}
 }
 
-func TestServerH2C(t *testing.T) {
+func TestServerH2C(t *testing.T) { h2tEngines(t, testServerH2C) }
+
+func testServerH2C(t *testing.T) {
 	h2tCheckLeaks(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := NewServer(transport.HandlerFunc(h2tEcho), ServerConfig{})
+	srv := NewServer(transport.HandlerFunc(h2tEcho), ServerConfig{Engine: h2tEngine(t)})
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	defer func() {
@@ -161,7 +165,9 @@ func TestServerH2C(t *testing.T) {
 	}
 }
 
-func TestServerConcurrentStreams(t *testing.T) {
+func TestServerConcurrentStreams(t *testing.T) { h2tEngines(t, testServerConcurrentStreams) }
+
+func testServerConcurrentStreams(t *testing.T) {
 	h2tCheckLeaks(t)
 	const n = 100
 	var arrived atomic.Int64
@@ -221,7 +227,9 @@ func (b *h2tTrailerBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func TestServerRequestTrailers(t *testing.T) {
+func TestServerRequestTrailers(t *testing.T) { h2tEngines(t, testServerRequestTrailers) }
+
+func testServerRequestTrailers(t *testing.T) {
 	h2tCheckLeaks(t)
 	got := make(chan http.Header, 1)
 	ts := h2tStartServer(t, transport.HandlerFunc(func(s transport.ServerStream) {
@@ -249,7 +257,9 @@ func TestServerRequestTrailers(t *testing.T) {
 	}
 }
 
-func TestServerResponseTrailers(t *testing.T) {
+func TestServerResponseTrailers(t *testing.T) { h2tEngines(t, testServerResponseTrailers) }
+
+func testServerResponseTrailers(t *testing.T) {
 	h2tCheckLeaks(t)
 	ts := h2tStartServer(t, transport.HandlerFunc(func(s transport.ServerStream) {
 		s.WriteHeader(200, http.Header{"Content-Type": {"text/plain"}}, -1)
@@ -273,7 +283,9 @@ func TestServerResponseTrailers(t *testing.T) {
 	}
 }
 
-func TestServerInformational(t *testing.T) {
+func TestServerInformational(t *testing.T) { h2tEngines(t, testServerInformational) }
+
+func testServerInformational(t *testing.T) {
 	h2tCheckLeaks(t)
 	errc := make(chan error, 3)
 	ts := h2tStartServer(t, transport.HandlerFunc(func(s transport.ServerStream) {
@@ -315,7 +327,9 @@ func TestServerInformational(t *testing.T) {
 	}
 }
 
-func TestServerHeadAndBodilessStatus(t *testing.T) {
+func TestServerHeadAndBodilessStatus(t *testing.T) { h2tEngines(t, testServerHeadAndBodilessStatus) }
+
+func testServerHeadAndBodilessStatus(t *testing.T) {
 	h2tCheckLeaks(t)
 	writeErr := make(chan error, 3)
 	ts := h2tStartServer(t, transport.HandlerFunc(func(s transport.ServerStream) {
@@ -355,7 +369,9 @@ func TestServerHeadAndBodilessStatus(t *testing.T) {
 	}
 }
 
-func TestServerHeaderCountLimit(t *testing.T) {
+func TestServerHeaderCountLimit(t *testing.T) { h2tEngines(t, testServerHeaderCountLimit) }
+
+func testServerHeaderCountLimit(t *testing.T) {
 	h2tCheckLeaks(t)
 	var called atomic.Int64
 	ts := h2tStartServer(t, transport.HandlerFunc(func(s transport.ServerStream) {
@@ -387,7 +403,9 @@ func TestServerHeaderCountLimit(t *testing.T) {
 	}
 }
 
-func TestServerMaxHeaderBytes(t *testing.T) {
+func TestServerMaxHeaderBytes(t *testing.T) { h2tEngines(t, testServerMaxHeaderBytes) }
+
+func testServerMaxHeaderBytes(t *testing.T) {
 	h2tCheckLeaks(t)
 	var called atomic.Int64
 	ts := h2tStartServer(t, transport.HandlerFunc(func(s transport.ServerStream) {
@@ -462,7 +480,9 @@ func TestServerMaxHeaderBytes(t *testing.T) {
 	}
 }
 
-func TestServerReset(t *testing.T) {
+func TestServerReset(t *testing.T) { h2tEngines(t, testServerReset) }
+
+func testServerReset(t *testing.T) {
 	h2tCheckLeaks(t)
 	causes := make(chan error, 2)
 	writeErrs := make(chan error, 2)
@@ -526,6 +546,10 @@ func TestServerReset(t *testing.T) {
 }
 
 func TestServerResetConcurrentWithOtherStreams(t *testing.T) {
+	h2tEngines(t, testServerResetConcurrentWithOtherStreams)
+}
+
+func testServerResetConcurrentWithOtherStreams(t *testing.T) {
 	h2tCheckLeaks(t)
 	release := make(chan struct{})
 	ts := h2tStartServer(t, transport.HandlerFunc(func(s transport.ServerStream) {
@@ -586,7 +610,9 @@ func (l *h2tLogBuf) String() string {
 	return l.b.String()
 }
 
-func TestServerHandlerPanic(t *testing.T) {
+func TestServerHandlerPanic(t *testing.T) { h2tEngines(t, testServerHandlerPanic) }
+
+func testServerHandlerPanic(t *testing.T) {
 	h2tCheckLeaks(t)
 	var logs h2tLogBuf
 	ts := h2tStartServer(t, transport.HandlerFunc(func(s transport.ServerStream) {
@@ -636,6 +662,10 @@ func TestServerHandlerPanic(t *testing.T) {
 }
 
 func TestServerContextCancelledByClient(t *testing.T) {
+	h2tEngines(t, testServerContextCancelledByClient)
+}
+
+func testServerContextCancelledByClient(t *testing.T) {
 	h2tCheckLeaks(t)
 	started := make(chan struct{})
 	causes := make(chan error, 1)
@@ -668,7 +698,9 @@ func TestServerContextCancelledByClient(t *testing.T) {
 	}
 }
 
-func TestServerShutdown(t *testing.T) {
+func TestServerShutdown(t *testing.T) { h2tEngines(t, testServerShutdown) }
+
+func testServerShutdown(t *testing.T) {
 	h2tCheckLeaks(t)
 	started := make(chan struct{}, 1)
 	release := make(chan struct{})
@@ -693,8 +725,13 @@ func TestServerShutdown(t *testing.T) {
 
 	var goAway *http2.GoAwayFrame
 	raw.next("GOAWAY", func(f http2.Frame) bool {
+		if p, ok := f.(*http2.PingFrame); ok && !p.IsAck() {
+			raw.fr.WritePing(true, p.Data)
+		}
 		goAway, _ = f.(*http2.GoAwayFrame)
-		return goAway != nil
+		// The native engine shuts down in two steps (RFC 9113 §6.8): first
+		// a GOAWAY with the largest stream id and a PING.
+		return goAway != nil && goAway.LastStreamID != 1<<31-1
 	})
 	if goAway.ErrCode != http2.ErrCodeNo || goAway.LastStreamID != 1 {
 		t.Errorf("GOAWAY %v last stream %d", goAway.ErrCode, goAway.LastStreamID)
@@ -752,7 +789,9 @@ func TestServerShutdown(t *testing.T) {
 	ts.errc <- nil // for the cleanup
 }
 
-func TestServerShutdownTimeout(t *testing.T) {
+func TestServerShutdownTimeout(t *testing.T) { h2tEngines(t, testServerShutdownTimeout) }
+
+func testServerShutdownTimeout(t *testing.T) {
 	h2tCheckLeaks(t)
 	started := make(chan struct{})
 	release := make(chan struct{})
@@ -788,7 +827,9 @@ func TestServerShutdownTimeout(t *testing.T) {
 	close(release)
 }
 
-func TestServerHeaderAndIdleTimeout(t *testing.T) {
+func TestServerHeaderAndIdleTimeout(t *testing.T) { h2tEngines(t, testServerHeaderAndIdleTimeout) }
+
+func testServerHeaderAndIdleTimeout(t *testing.T) {
 	h2tCheckLeaks(t)
 	ts := h2tStartServer(t, transport.HandlerFunc(h2tEcho), ServerConfig{
 		HeaderTimeout: 100 * time.Millisecond,
@@ -837,6 +878,12 @@ func TestServerHeaderAndIdleTimeout(t *testing.T) {
 }
 
 func BenchmarkServerGET(b *testing.B) {
+	for _, e := range h2tEngineList {
+		b.Run(e.name, func(b *testing.B) { benchmarkServerGET(b, e.engine) })
+	}
+}
+
+func benchmarkServerGET(b *testing.B, engine Engine) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -846,7 +893,7 @@ func BenchmarkServerGET(b *testing.B) {
 		s.WriteHeader(200, http.Header{"Content-Type": {"text/plain"}}, int64(len(body)))
 		s.Write(body)
 		s.Finish(nil)
-	}), ServerConfig{})
+	}), ServerConfig{Engine: engine})
 	go srv.Serve(ln)
 	defer srv.Close()
 	c, err := net.Dial("tcp", ln.Addr().String())
@@ -870,7 +917,9 @@ func BenchmarkServerGET(b *testing.B) {
 	}
 }
 
-func TestServerShortBodyReset(t *testing.T) {
+func TestServerShortBodyReset(t *testing.T) { h2tEngines(t, testServerShortBodyReset) }
+
+func testServerShortBodyReset(t *testing.T) {
 	h2tCheckLeaks(t)
 	finishErr := make(chan error, 1)
 	ts := h2tStartServer(t, transport.HandlerFunc(func(s transport.ServerStream) {
@@ -893,7 +942,9 @@ func TestServerShortBodyReset(t *testing.T) {
 	}
 }
 
-func TestServerShutdownIdleConns(t *testing.T) {
+func TestServerShutdownIdleConns(t *testing.T) { h2tEngines(t, testServerShutdownIdleConns) }
+
+func testServerShutdownIdleConns(t *testing.T) {
 	h2tCheckLeaks(t)
 	ts := h2tStartServer(t, transport.HandlerFunc(h2tEcho), ServerConfig{})
 	var ccs []*http2.ClientConn

@@ -62,7 +62,16 @@ type frontend struct {
 	h2     *h2.Server
 	h3     *h3.Server
 	limits gateway.LimitsConfig
+	http2  gateway.HTTP2Config
 	http3  gateway.HTTP3Config
+}
+
+// h2Engine maps http2.engine to the h2 server's engine.
+func h2Engine(name string) h2.Engine {
+	if name == "xnet" {
+		return h2.EngineXNet
+	}
+	return h2.EngineNative
 }
 
 // dialerFor is the gateway's DialerFactory: it makes the upstream dialer of a
@@ -204,7 +213,7 @@ func (inst *instance) loadCerts(cfg *gateway.Config) ([]tls.Certificate, error) 
 // openFrontend opens the TCP listener and, with HTTP/3 on, the UDP socket
 // on the same port.
 func (inst *instance) openFrontend(cfg *gateway.Config) (*frontend, error) {
-	f := &frontend{listen: cfg.Listen, limits: cfg.Limits, http3: cfg.HTTP3}
+	f := &frontend{listen: cfg.Listen, limits: cfg.Limits, http2: cfg.HTTP2, http3: cfg.HTTP3}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("listen tcp %s: %w", cfg.Listen, err)
@@ -240,6 +249,7 @@ func (inst *instance) serveFrontend(f *frontend, cfg *gateway.Config) error {
 		MaxHeaderBytes: int(lim.MaxHeaderBytes), MaxHeaderCount: lim.MaxHeaderCount,
 		MaxConcurrentStreams: lim.MaxConcurrentStreams, IdleTimeout: time.Duration(lim.IdleTimeout),
 		HeaderTimeout: time.Duration(lim.HeaderTimeout), Logger: inst.log,
+		Engine: h2Engine(cfg.HTTP2.Engine),
 	})
 	if f.udp != nil {
 		q := cfg.HTTP3
@@ -399,8 +409,8 @@ func (inst *instance) reloadLocked() error {
 		inst.level.Set(parseLevel(cfg.Log.Level))
 	}
 	if nf == nil {
-		if !reflect.DeepEqual(old.limits, cfg.Limits) || !reflect.DeepEqual(old.http3, cfg.HTTP3) {
-			inst.log.Warn("limits and http3 settings apply to new listeners: they take effect when listen changes or on restart")
+		if !reflect.DeepEqual(old.limits, cfg.Limits) || old.http2 != cfg.HTTP2 || !reflect.DeepEqual(old.http3, cfg.HTTP3) {
+			inst.log.Warn("limits, http2 and http3 settings apply to new listeners: they take effect when listen changes or on restart")
 		}
 		return nil
 	}
