@@ -463,7 +463,10 @@ type UpstreamTLSConfig struct {
 type PoolConfig struct {
 	// MaxConns caps the conns per upstream server. Default 256.
 	MaxConns int `yaml:"max_conns"`
-	// MaxIdle caps the idle conns kept per upstream server. Default 64.
+	// MaxIdle caps the idle conns kept per upstream server. Below the
+	// requests in flight at peak, conns are closed and dialed again all
+	// the time. Default: max_conns (idle conns still close after
+	// idle_timeout).
 	MaxIdle int `yaml:"max_idle"`
 	// IdleTimeout closes a conn idle for this long. Default 90s.
 	IdleTimeout Duration `yaml:"idle_timeout"`

@@ -865,7 +865,7 @@ func (c *Config) setDefaults() {
 		orDefault(&cl.TLSHandshakeTimeout, Duration(10*time.Second))
 		orDefault(&cl.ResponseHeaderTimeout, Duration(30*time.Second))
 		orDefault(&cl.Pool.MaxConns, 256)
-		orDefault(&cl.Pool.MaxIdle, 64)
+		orDefault(&cl.Pool.MaxIdle, cl.Pool.MaxConns)
 		orDefault(&cl.Pool.IdleTimeout, Duration(90*time.Second))
 		if cl.Pool.DialBackoff == nil {
 			cl.Pool.DialBackoff = new(Duration(10 * time.Millisecond))

@@ -163,7 +163,7 @@ func TestParseConfigFullExample(t *testing.T) {
 		{PathPrefix: "/static", Cluster: "static"},
 		{PathPrefix: "/", Cluster: "web"},
 	})
-	defPool := PoolConfig{MaxConns: 256, MaxIdle: 64, IdleTimeout: Duration(90 * time.Second),
+	defPool := PoolConfig{MaxConns: 256, MaxIdle: 256, IdleTimeout: Duration(90 * time.Second),
 		DialBackoff: new(Duration(10 * time.Millisecond)), DialBackoffMax: Duration(250 * time.Millisecond)}
 	defRetries := RetryConfig{Max: 2, BudgetPercent: 20, MinPerSecond: 10}
 	defHealth := HealthCheckConfig{Interval: Duration(10 * time.Second), Timeout: Duration(2 * time.Second), HealthyThreshold: 2, UnhealthyThreshold: 3}
@@ -246,7 +246,7 @@ clusters:
 		Clusters: []ClusterConfig{{
 			Name: "app", Servers: []string{"127.0.0.1:8080"}, Protocol: "h1", Balancing: "round_robin",
 			ConnectTimeout: s(5 * time.Second), TLSHandshakeTimeout: s(10 * time.Second), ResponseHeaderTimeout: s(30 * time.Second),
-			Pool: PoolConfig{MaxConns: 256, MaxIdle: 64, IdleTimeout: s(90 * time.Second),
+			Pool: PoolConfig{MaxConns: 256, MaxIdle: 256, IdleTimeout: s(90 * time.Second),
 				DialBackoff: new(s(10 * time.Millisecond)), DialBackoffMax: s(250 * time.Millisecond)},
 			Retries:          RetryConfig{Max: 2, BudgetPercent: 20, MinPerSecond: 10},
 			HealthCheck:      HealthCheckConfig{Interval: s(10 * time.Second), Timeout: s(2 * time.Second), HealthyThreshold: 2, UnhealthyThreshold: 3},

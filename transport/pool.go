@@ -22,7 +22,10 @@ type PoolConfig struct {
 
 	// MaxIdlePerUpstream caps the conns kept open with no stream in flight.
 	// Single-slot (HTTP/1.1) conns beyond it are closed when they are put
-	// back, multiplexed ones by the next reaper pass. Default 64.
+	// back, multiplexed ones by the next reaper pass. A cap below the
+	// requests in flight at peak closes conns that the next moment needs
+	// again: each then costs a dial. Default MaxConnsPerUpstream; idle
+	// conns still close after IdleTimeout.
 	MaxIdlePerUpstream int
 
 	// MaxPendingDials caps the dials in progress to one upstream address.
@@ -70,7 +73,7 @@ func (c PoolConfig) withDefaults() PoolConfig {
 		c.MaxConnsPerUpstream = 256
 	}
 	if c.MaxIdlePerUpstream <= 0 {
-		c.MaxIdlePerUpstream = 64
+		c.MaxIdlePerUpstream = c.MaxConnsPerUpstream
 	}
 	if c.MaxPendingDials <= 0 {
 		c.MaxPendingDials = 8
