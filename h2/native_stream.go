@@ -400,7 +400,7 @@ func (st *nstream) sendData(p []byte, end bool) error {
 		if last {
 			st.wdone = true
 		}
-		c.unlockW()
+		c.unlockWDefer()
 		p = p[n:]
 		if last {
 			st.closeLocal()
@@ -532,7 +532,7 @@ func (st *nstream) endEmpty() error {
 		c.frameErrLocked(c.wfr.WriteData(st.id, true, nil))
 	}
 	st.wdone = true
-	c.unlockW()
+	c.unlockWDefer()
 	st.closeLocal()
 	return nil
 }
