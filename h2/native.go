@@ -554,9 +554,15 @@ func (c *nconn) processFrame(f http2.Frame) (http2.ErrCode, bool) {
 	}
 }
 
+// processSettings applies a SETTINGS frame and acknowledges it. The new
+// values are applied and the ACK is buffered under c.mu and the write lock,
+// before the writers that a larger window wakes can write: a client sees
+// the ACK before the DATA frames the new settings allowed.
 func (c *nconn) processSettings(f *http2.SettingsFrame) (http2.ErrCode, bool) {
 	var code http2.ErrCode
 	ok := true
+	c.mu.Lock()
+	c.lockW()
 	f.ForeachSetting(func(s http2.Setting) error {
 		if err := s.Valid(); err != nil {
 			if ce, isCE := errors.AsType[http2.ConnectionError](err); isCE {
@@ -569,35 +575,33 @@ func (c *nconn) processSettings(f *http2.SettingsFrame) (http2.ErrCode, bool) {
 		}
 		switch s.ID {
 		case http2.SettingInitialWindowSize:
-			if !c.setInitialWindow(int64(s.Val)) {
+			if !c.setInitialWindowLocked(int64(s.Val)) {
 				code, ok = http2.ErrCodeFlowControl, false
 				return errors.New("h2: window overflow")
 			}
 		case http2.SettingMaxFrameSize:
 			c.peerMaxFrame.Store(s.Val)
 		case http2.SettingHeaderTableSize:
-			c.lockW()
 			c.enc.SetMaxDynamicTableSizeLimit(s.Val)
-			c.unlockW()
 		}
 		return nil
 	})
+	if ok && c.writeOKLocked() {
+		c.frameErrLocked(c.wfr.WriteSettingsAck())
+	}
+	c.flowCond.Broadcast()
+	c.mu.Unlock()
+	c.unlockW()
 	if !ok {
 		return code, false
 	}
-	c.lockW()
-	if c.writeOKLocked() {
-		c.frameErrLocked(c.wfr.WriteSettingsAck())
-	}
-	c.unlockW()
 	return 0, true
 }
 
-// setInitialWindow applies a new SETTINGS_INITIAL_WINDOW_SIZE to every open
-// stream (RFC 9113 §6.9.2); false when a window overflows.
-func (c *nconn) setInitialWindow(v int64) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+// setInitialWindowLocked applies a new SETTINGS_INITIAL_WINDOW_SIZE to every
+// open stream (RFC 9113 §6.9.2); false when a window overflows. c.mu is held;
+// the caller wakes the writers.
+func (c *nconn) setInitialWindowLocked(v int64) bool {
 	delta := v - c.peerInitWindow
 	c.peerInitWindow = v
 	for _, st := range c.streams {
@@ -606,7 +610,6 @@ func (c *nconn) setInitialWindow(v int64) bool {
 			return false
 		}
 	}
-	c.flowCond.Broadcast()
 	return true
 }
 

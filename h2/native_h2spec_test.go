@@ -58,14 +58,7 @@ var h2specSummary = regexp.MustCompile(`(\d+) tests, (\d+) passed, (\d+) skipped
 // suites) over TLS on loopback against the native engine and requires all
 // to pass. With H2SPEC_XNET=1 it also runs it against the x/net engine and
 // only logs the result.
-//
-// It is skipped with -short (CI's race detector pass): h2spec waits 2 s for
-// each expected frame, which a server slowed by the race detector on a loaded
-// machine can miss; the full run (go test ./...) always runs it.
 func TestNativeH2Spec(t *testing.T) {
-	if testing.Short() {
-		t.Skip("h2spec runs in the full test run, not with -short")
-	}
 	bin := h2specPath(t)
 	run := func(t *testing.T, engine Engine, strict bool) {
 		h2tCheckLeaks(t)
