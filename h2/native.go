@@ -1213,8 +1213,14 @@ func (c *nconn) newStream(f *http2.MetaHeadersFrame) (http2.ErrCode, bool) {
 	cl := int64(-1)
 	count := 0
 	var cookies []string
-	h := st.hdr
-	for _, hf := range f.RegularFields() {
+	// The header map and the array behind its single values are the
+	// request's own, sized to its fields, and never recycled with the
+	// stream: an upstream HTTP/2 conn (x/net's ClientConn) may still encode
+	// them on its own goroutine after a cancelled RoundTrip returned.
+	fields := f.RegularFields()
+	h := make(http.Header, len(fields))
+	vals := make([]string, 0, len(fields))
+	for _, hf := range fields {
 		name := hf.Name
 		switch name {
 		case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
@@ -1253,13 +1259,8 @@ func (c *nconn) newStream(f *http2.MetaHeadersFrame) (http2.ErrCode, bool) {
 			h[k] = append(vv, hf.Value)
 			continue
 		}
-		if len(st.vals) < cap(st.vals) {
-			st.vals = append(st.vals, hf.Value)
-			n := len(st.vals)
-			h[k] = st.vals[n-1 : n : n]
-		} else {
-			h[k] = []string{hf.Value}
-		}
+		vals = append(vals, hf.Value)
+		h[k] = vals[len(vals)-1 : len(vals) : len(vals)]
 	}
 	if len(cookies) > 0 {
 		h["Cookie"] = []string{strings.Join(cookies, "; ")}

@@ -52,17 +52,7 @@ var writeBufPool = sync.Pool{New: func() any { return new(writeBuf) }}
 
 var streamPool = sync.Pool{New: func() any { return new(nstream) }}
 
-// getStream returns a stream with a fresh request header map and value
-// array. Those are never recycled: an upstream HTTP/2 conn (x/net's
-// ClientConn) may still be encoding a request's header fields on its own
-// goroutine after its RoundTrip returned on a cancel, so the map and the
-// values it points to must outlive the stream.
-func getStream() *nstream {
-	st := streamPool.Get().(*nstream)
-	st.hdr = make(http.Header, 16)
-	st.vals = make([]string, 0, 16)
-	return st
-}
+func getStream() *nstream { return streamPool.Get().(*nstream) }
 
 // putStream recycles a stream. Only streams whose request had no body are
 // recycled: a body may be read by another goroutine (an upstream conn's
@@ -78,13 +68,11 @@ func putStream(st *nstream) {
 // A stream whose request has no body is pooled: its Request and ServerStream
 // must not be used after ServeStream returns (as with net/http's
 // ResponseWriter), and Reset must not be called then. Its header map is
-// not recycled (getStream).
+// not recycled (newStream).
 type nstream struct {
 	c      *nconn
 	id     uint32
 	req    transport.Request
-	hdr    http.Header // the request header map
-	vals   []string    // backing array of single header values
 	body   nbody
 	ctx    context.Context
 	cancel context.CancelCauseFunc
