@@ -204,40 +204,22 @@ func (r *rewindReader) Close() error { return nil }
 // at once with the last dial's error; a dial, with its waiter and goroutine,
 // happens once per back-off window (10ms doubling to 250ms).
 func BenchmarkProxyRefused(b *testing.B) {
-	cfg, err := ParseConfig("bench.yaml", []byte(`
-clusters:
-  - {name: app, servers: ["127.0.0.1:1"], retries: {max: -1}, outlier_detection: {consecutive_failures: -1}}
-`))
-	if err != nil {
-		b.Fatal(err)
-	}
-	refused := transport.CodeConnectRefused.Err()
-	g, err := New(Options{Config: cfg, Dialers: func(DialerSpec) (transport.Dialer, error) {
-		return transport.DialerFunc(func(context.Context, string) (transport.Conn, error) { return nil, refused }), nil
-	}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer g.Close()
-	req := newReq("GET", false, "")
-	s := &fakeStream{ctx: context.Background(), req: req}
-	b.ReportAllocs()
-	for b.Loop() {
-		req.Header = http.Header{"User-Agent": {"bench"}}
-		s.body.Reset()
-		g.ServeStream(s)
-		if s.status != 502 {
-			b.Fatalf("status %d", s.status)
-		}
-	}
+	benchRefusedUpstream(b, `{consecutive_failures: -1}`, false, 502)
 }
 
 // BenchmarkProxyEjected measures the failure path once outlier detection has
 // ejected the only upstream: 503 at once, no dial.
 func BenchmarkProxyEjected(b *testing.B) {
+	benchRefusedUpstream(b, `{consecutive_failures: 1, base_ejection: 1h}`, true, 503)
+}
+
+// benchRefusedUpstream proxies requests to a cluster whose one upstream
+// refuses every dial, with the given outlier detection and no retries; warm
+// sends one request before the loop. Each response must have status want.
+func benchRefusedUpstream(b *testing.B, outlier string, warm bool, want int) {
 	cfg, err := ParseConfig("bench.yaml", []byte(`
 clusters:
-  - {name: app, servers: ["127.0.0.1:1"], retries: {max: -1}, outlier_detection: {consecutive_failures: 1, base_ejection: 1h}}
+  - {name: app, servers: ["127.0.0.1:1"], retries: {max: -1}, outlier_detection: `+outlier+`}
 `))
 	if err != nil {
 		b.Fatal(err)
@@ -252,14 +234,16 @@ clusters:
 	defer g.Close()
 	req := newReq("GET", false, "")
 	s := &fakeStream{ctx: context.Background(), req: req}
-	g.ServeStream(s) // the refusal that ejects
+	if warm {
+		g.ServeStream(s)
+	}
 	b.ReportAllocs()
 	for b.Loop() {
 		req.Header = http.Header{"User-Agent": {"bench"}}
 		s.body.Reset()
 		g.ServeStream(s)
-		if s.status != 503 {
-			b.Fatalf("status %d", s.status)
+		if s.status != want {
+			b.Fatalf("status %d, want %d", s.status, want)
 		}
 	}
 }

@@ -63,8 +63,8 @@ type PoolConfig struct {
 
 	// Unsharded selects the pool ProxyNow had before the sharded one: one
 	// mutex per upstream on every Get and Put. It exists so that benchmarks
-	// can compare the two in one run, and ignores MaxRequestsPerConn and
-	// MaxConnLifetime. Default false.
+	// can compare the two in one run, and ignores MaxRequestsPerConn,
+	// MaxConnLifetime and the dial back-off. Default false.
 	Unsharded bool
 }
 

@@ -16,10 +16,10 @@ type Task interface{ Run() }
 // server, the gateway, an upstream client): on the HTTP/3 path that copying
 // was an eighth of the CPU per request.
 //
-// A task goes to a worker that is waiting for one, or else to a new worker;
-// a worker waits for the next task up to IdleTimeout and then exits. There
-// are never more workers than tasks running at once plus the idle ones. The
-// zero Workers is not usable; use NewWorkers.
+// A task goes to a worker that is waiting for one, or else to a new worker
+// (there is no cap: the servers bound their streams); a worker waits for the
+// next task up to the idle timeout and then exits. The zero Workers is not
+// usable; use NewWorkers.
 type Workers struct {
 	work chan *task // unbuffered: a send succeeds only when a worker waits
 	idle time.Duration
