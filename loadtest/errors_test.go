@@ -165,8 +165,14 @@ func TestErrorResetTCP(t *testing.T) {
 // TestErrorTimeout: the server does not answer the first two requests
 // within Timeout, then answers. On HTTP/2 and HTTP/3 a timed-out request
 // costs its stream, not the connection.
+//
+// Timeout bounds connection setup too, and every connection is dialed by a
+// request under it (the first of each slot; with HTTP/1.1 also the one after
+// a timeout), so it is long enough for a handshake on a loaded machine; the
+// protocols run in parallel, as each waits out two timeouts.
 func TestErrorTimeout(t *testing.T) {
 	forEachProto(t, func(t *testing.T, p Proto) {
+		t.Parallel()
 		release := make(chan struct{})
 		defer close(release)
 		var n atomic.Int64
@@ -181,7 +187,7 @@ func TestErrorTimeout(t *testing.T) {
 		})
 		srv := loadtesttest.NewServer(t, h, loadtesttest.Options{})
 		cfg := base(srv, p)
-		cfg.Timeout, cfg.Conns, cfg.Requests = 200*time.Millisecond, 2, 6
+		cfg.Timeout, cfg.Conns, cfg.Requests = time.Second, 2, 6
 		res := runOK(t, cfg)
 		if res.Errors[ErrTimeout] != 2 || res.TotalErrors() != 2 || res.Requests != 4 {
 			t.Fatalf("errors %v, requests %d; want 2 timeouts and 4 answers", res.Errors, res.Requests)

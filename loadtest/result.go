@@ -47,7 +47,7 @@ type Result struct {
 	CPU time.Duration // user+system CPU time of this process during the measurement
 
 	Step     time.Duration // width of a Timeline bucket
-	Timeline []int64       // completed requests per Step since Start
+	Timeline []int64       // completed requests per Step since Start; ceil(Duration/Step) steps
 }
 
 // ErrorCount returns the number of requests that failed with kind k.

@@ -193,8 +193,12 @@ func (r *runner) run(parent context.Context) *Result {
 	default:
 		res.Duration = cfg.Duration
 	}
+	// The timeline covers the measured duration, no more and no less: a run
+	// whose last steps had no completion ends in zeros.
 	if n := int((res.Duration + cfg.Step - 1) / cfg.Step); len(res.Timeline) > n {
 		res.Timeline = res.Timeline[:n]
+	} else if len(res.Timeline) < n {
+		res.Timeline = append(res.Timeline, make([]int64, n-len(res.Timeline))...)
 	}
 	return res
 }
@@ -306,7 +310,9 @@ func (st *stream) openLoop(ctx context.Context) {
 			case <-ctx.Done():
 			}
 		}
-		if ctx.Err() != nil {
+		// The run's context may learn of its end a little after the end: a
+		// request sent then would be neither counted nor unsent.
+		if ctx.Err() != nil || r.ended() {
 			if waited {
 				// On schedule: the run ended while this stream waited for
 				// the next due time (a timer firing a little late is not
@@ -318,6 +324,11 @@ func (st *stream) openLoop(ctx context.Context) {
 		}
 		st.do(ctx, due, g >= r.warmupN)
 	}
+}
+
+// ended reports whether the measurement is over (Config.Duration).
+func (r *runner) ended() bool {
+	return !r.measureEnd.IsZero() && !time.Now().Before(r.measureEnd)
 }
 
 // countUnsent counts the measured requests from index g on that were due

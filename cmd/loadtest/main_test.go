@@ -187,7 +187,9 @@ func TestRunCommandJSONAndHTML(t *testing.T) {
 	srv := loadtesttest.NewServer(t, hello(), loadtesttest.Options{NoH3: true})
 	page := filepath.Join(t.TempDir(), "report.html")
 	var stdout, stderr bytes.Buffer
-	code := run(context.Background(), []string{"run", "-proto", "h1", "-d", "200ms", "-warmup", "0", "-c", "2",
+	// The warm-up takes the handshakes, so that the 200ms count requests
+	// however slow they are (the race detector, a loaded machine).
+	code := run(context.Background(), []string{"run", "-proto", "h1", "-d", "200ms", "-warmup", "300ms", "-c", "2",
 		"-insecure", "-json", "-html", page, srv.URL + "/"}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
@@ -219,7 +221,9 @@ func TestCompareCommand(t *testing.T) {
 	srv := loadtesttest.NewServer(t, hello(), loadtesttest.Options{})
 	dir := t.TempDir()
 	page := filepath.Join(dir, "compare.html")
-	args := []string{"compare", "-c", "2", "-m", "2", "-d", "150ms", "-warmup", "0", "-rounds", "1",
+	// Runs of a count, not of a time window that slow handshakes (the race
+	// detector, a loaded machine) could fill.
+	args := []string{"compare", "-c", "2", "-m", "2", "-n", "40", "-warmup", "0", "-rounds", "1",
 		"-cacert", certFile(t), "-html", page, srv.URL + "/"}
 	var stdout, stderr bytes.Buffer
 	if code := run(context.Background(), args, &stdout, &stderr); code != 0 {
@@ -277,15 +281,23 @@ func TestNoSuccess(t *testing.T) {
 }
 
 // TestInterruptReports: a cancelled run (Ctrl-C) still prints its report.
+// The server cancels once it has seen more requests than the run has
+// streams (16 by default): one stream has then sent its second request, so
+// its first was answered and counted.
 func TestInterruptReports(t *testing.T) {
-	srv := loadtesttest.NewServer(t, hello(), loadtesttest.Options{NoH3: true})
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	var n atomic.Int64
+	srv := loadtesttest.NewServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1) == 17 {
+			cancel()
+		}
+		io.WriteString(w, "hello")
+	}), loadtesttest.Options{NoH3: true})
 	var stdout, stderr bytes.Buffer
-	start := time.Now()
 	code := run(ctx, []string{"run", "-d", "1m", "-warmup", "0", "-insecure", srv.URL + "/"}, &stdout, &stderr)
-	if el := time.Since(start); el > 10*time.Second {
-		t.Fatalf("took %v", el)
+	if n.Load() < 17 {
+		t.Fatalf("the server saw %d requests in 10s; exit %d\n%s\n%s", n.Load(), code, stdout.String(), stderr.String())
 	}
 	if code != 0 || !strings.Contains(stdout.String(), "(interrupted)") || !strings.Contains(stdout.String(), "requests/s") {
 		t.Fatalf("exit %d\n%s\n%s", code, stdout.String(), stderr.String())
