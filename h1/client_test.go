@@ -245,8 +245,11 @@ func TestClientProbesUnknownLength(t *testing.T) {
 	}
 
 	// Ends without a byte: an HTTP/3 GET whose FIN followed its HEADERS.
+	// The end is there before the probe reads: closed on another goroutine,
+	// it would have to come within probeWait, which a loaded machine may
+	// not give.
 	pr, pw := io.Pipe()
-	go pw.Close()
+	pw.Close()
 	req := getReq("/empty")
 	req.ContentLength, req.Body = -1, pr
 	check("empty", req, seen{nil, 0, ""})
@@ -629,7 +632,12 @@ func TestClientResponseHeaderTimeout(t *testing.T) {
 func TestClientCancel(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
+	entered := make(chan struct{}, 1)
 	srv, _ := countingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
 		select {
 		case <-release:
 		case <-r.Context().Done():
@@ -637,8 +645,19 @@ func TestClientCancel(t *testing.T) {
 	}), false)
 	c := dialT(t, NewDialer(DialerConfig{}), srv.Listener.Addr().String())
 	c.Reserve()
-	ctx, cancel := context.WithCancelCause(t.Context())
-	time.AfterFunc(50*time.Millisecond, func() { cancel(transport.CodeDraining.Err()) })
+	bounded, stop := context.WithTimeout(t.Context(), testTimeout)
+	defer stop()
+	ctx, cancel := context.WithCancelCause(bounded)
+	defer cancel(nil)
+	// Cancel once the request is at the upstream, so that RoundTrip waits
+	// for the head (a cancel before it starts leaves the conn usable).
+	go func() {
+		select {
+		case <-entered:
+			cancel(transport.CodeDraining.Err())
+		case <-ctx.Done():
+		}
+	}()
 	_, err := c.RoundTrip(ctx, getReq("/"))
 	if !errors.Is(err, transport.CodeDraining.Err()) {
 		t.Errorf("err %v, want the cause CodeDraining", err)
@@ -805,12 +824,22 @@ func TestClientShutdown(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- c.Shutdown(t.Context()) }()
+	// Shutdown runs on its own goroutine: wait for it to begin.
+	pollUntil(t, "Err() after Shutdown", func() bool {
+		select {
+		case err := <-done:
+			t.Fatalf("Shutdown returned %v with an exchange in flight", err)
+		default:
+		}
+		return c.Err() != nil
+	})
 	select {
 	case err := <-done:
 		t.Fatalf("Shutdown returned %v with an exchange in flight", err)
 	case <-time.After(50 * time.Millisecond):
 	}
-	if c.Reserve() || c.Err() == nil {
+	if c.Reserve() {
+		c.Release()
 		t.Error("shutting-down conn takes new streams")
 	}
 	io.ReadAll(resp.Body)

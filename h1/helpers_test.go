@@ -179,3 +179,16 @@ func waitFor[T any](t testing.TB, ch <-chan T, what string) T {
 		panic("unreachable")
 	}
 }
+
+// pollUntil polls cond until it holds or fails after testTimeout. It is for
+// states with no channel to wait on.
+func pollUntil(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for deadline := time.Now().Add(testTimeout); !cond(); <-tick.C {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}

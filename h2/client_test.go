@@ -453,7 +453,10 @@ func TestClientStreamErrors(t *testing.T) {
 			}
 		}
 	}))
-	c := h2tDial(t, h2tDialer(t, true, DialerConfig{ResponseHeaderTimeout: 200 * time.Millisecond}), u.addr)
+	c := h2tDial(t, h2tDialer(t, true, DialerConfig{}), u.addr)
+	// The short header timeout bounds every request on its conn: only /hang
+	// goes there, so that a slow machine cannot time out the others.
+	slow := h2tDial(t, h2tDialer(t, true, DialerConfig{ResponseHeaderTimeout: 200 * time.Millisecond}), u.addr)
 
 	_, body, err := h2tRoundTrip(t, c, h2tReq("GET", "/rst-mid-body", nil, 0))
 	if code := h2tCode(t, err); code != transport.CodeUpstreamReset || len(body) != 1000 {
@@ -467,11 +470,14 @@ func TestClientStreamErrors(t *testing.T) {
 		t.Errorf("RST before head: %v (%v)", code, err)
 	}
 
-	_, _, err = h2tRoundTrip(t, c, h2tReq("GET", "/hang", nil, 0))
+	_, _, err = h2tRoundTrip(t, slow, h2tReq("GET", "/hang", nil, 0))
 	if code := h2tCode(t, err); code != transport.CodeResponseTimeout {
 		t.Errorf("header timeout: %v (%v)", code, err)
 	}
 	h2tRecv(t, handlerCtxDone, "upstream stream cancelled after header timeout")
+	if slow.Err() != nil || !slow.Idle() {
+		t.Errorf("conn after header timeout: err %v idle %v", slow.Err(), slow.Idle())
+	}
 
 	// Cancelling ctx mid-body resets the upstream stream.
 	ctx, cancel := context.WithCancel(h2tTestCtx(t))

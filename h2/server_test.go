@@ -831,10 +831,7 @@ func TestServerHeaderAndIdleTimeout(t *testing.T) { h2tEngines(t, testServerHead
 
 func testServerHeaderAndIdleTimeout(t *testing.T) {
 	h2tCheckLeaks(t)
-	ts := h2tStartServer(t, transport.HandlerFunc(h2tEcho), ServerConfig{
-		HeaderTimeout: 100 * time.Millisecond,
-		IdleTimeout:   100 * time.Millisecond,
-	})
+	ts := h2tStartServer(t, transport.HandlerFunc(h2tEcho), ServerConfig{HeaderTimeout: 100 * time.Millisecond})
 
 	// A client that connects and sends no request is cut off after
 	// HeaderTimeout (x/net's own limits are 10s and more).
@@ -856,7 +853,14 @@ func testServerHeaderAndIdleTimeout(t *testing.T) {
 	}
 
 	// Once a request came, the header timeout is off and the idle timeout
-	// applies: the server sends GOAWAY when the conn has been idle.
+	// applies: the server sends GOAWAY when the conn has been idle. The
+	// request must come within HeaderTimeout of the handshake, so that one
+	// is not short here; the idle timeout is longer, so that a header
+	// timeout left on would cut the conn well before the GOAWAY.
+	ts = h2tStartServer(t, transport.HandlerFunc(h2tEcho), ServerConfig{
+		HeaderTimeout: time.Second,
+		IdleTimeout:   1500 * time.Millisecond,
+	})
 	raw = h2tDialRaw(t, ts.addr)
 	raw.request(1, "/")
 	var sawEnd, sawGoAway bool

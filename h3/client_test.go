@@ -266,7 +266,9 @@ func TestDialerErrors(t *testing.T) {
 		if transport.CodeOf(err) != transport.CodeConnectTimeout {
 			t.Errorf("Dial = %v, want CodeConnectTimeout", err)
 		}
-		if el < 400*time.Millisecond || el > 2*time.Second {
+		// Timers do not fire early; the upper bound leaves room for a
+		// loaded machine and stays below the 5s default.
+		if el < 400*time.Millisecond || el > 4*time.Second {
 			t.Errorf("Dial failed after %v, want about 500ms", el)
 		}
 	})

@@ -195,6 +195,9 @@ func TestServerEarlyData(t *testing.T) {
 				t.Fatal("no session ticket")
 			}
 			qc.CloseWithError(0, "")
+			if raceEnabled && mode == "safe" {
+				t.Skip("a client opening streams in 0-RTT races in quic-go (quic-go/quic-go#4303)")
+			}
 
 			// The second sends its GET in 0-RTT, and the relay keeps the
 			// handshake from completing until the handler has seen it.
@@ -295,6 +298,17 @@ func TestServerZeroRTTCounters(t *testing.T) {
 	tlsConf.ClientSessionCache = cache
 	ctx := testCtx(t)
 
+	// issuerConns is how many connections issuer has accepted. A
+	// connection closed before the server queued it for Accept may never
+	// be accepted (quic-go drops it), so each one is closed only once the
+	// server counted it.
+	var issuerConns uint64
+	waitAccepted := func(what string) {
+		t.Helper()
+		issuerConns++
+		waitFor(t, what+" to be accepted", func() bool { return issuer.Stats().Conns >= issuerConns })
+	}
+
 	// freshTicket puts a 0-RTT ticket from issuer in the cache. It dials
 	// without 0-RTT, so it offers none and counts nowhere.
 	freshTicket := func() {
@@ -312,6 +326,7 @@ func TestServerZeroRTTCounters(t *testing.T) {
 		case <-time.After(testTimeout):
 			t.Fatal("no 0-RTT session ticket")
 		}
+		waitAccepted("the ticket's connection")
 		qc.CloseWithError(0, "")
 	}
 
@@ -350,6 +365,10 @@ func TestServerZeroRTTCounters(t *testing.T) {
 		if st := tt.ts.Stats(); st.ZeroRTTAccepted != wantAccepted || st.ZeroRTTRejected != wantRejected {
 			t.Errorf("%s: ZeroRTTAccepted %d, ZeroRTTRejected %d; want %d, %d",
 				tt.name, st.ZeroRTTAccepted, st.ZeroRTTRejected, wantAccepted, wantRejected)
+		}
+		if tt.ts == issuer {
+			// The 0-RTT counters move before Conns does.
+			waitAccepted(tt.name)
 		}
 		qc.CloseWithError(0, "")
 	}

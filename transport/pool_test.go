@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"regexp"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -924,7 +926,7 @@ func TestPoolCloseDuringShutdown(t *testing.T) {
 
 func TestPoolClose(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		before := runtime.NumGoroutine()
+		before := bubbleGoroutines(t)
 		d := newFakeDialer(1)
 		p := transport.NewPool(d, transport.PoolConfig{MaxConnsPerUpstream: 3})
 		busy := mustGet(t, p)
@@ -959,10 +961,38 @@ func TestPoolClose(t *testing.T) {
 			t.Errorf("after Close: %d dials in flight, %d conns live", inflight, live)
 		}
 		synctest.Wait()
-		if after := runtime.NumGoroutine(); after > before {
+		if after := bubbleGoroutines(t); after > before {
 			t.Errorf("goroutines: %d before NewPool, %d after Close", before, after)
 		}
 	})
+}
+
+var bubbleRE = regexp.MustCompile(`^goroutine \d+ \[[^\n]*, synctest bubble (\d+)\b`)
+
+// bubbleGoroutines counts the goroutines of the calling goroutine's synctest
+// bubble. runtime.NumGoroutine would count the whole process, where the
+// finalizer or a timer of an earlier test may come and go.
+func bubbleGoroutines(t *testing.T) int {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	self := bubbleRE.FindSubmatch(buf[:runtime.Stack(buf, false)])
+	if self == nil {
+		t.Fatal("no synctest bubble in the stack header of the calling goroutine")
+	}
+	n := 0
+	for {
+		m := runtime.Stack(buf, true)
+		if m == len(buf) {
+			buf = make([]byte, 2*len(buf))
+			continue
+		}
+		for _, g := range strings.Split(string(buf[:m]), "\n\n") {
+			if id := bubbleRE.FindStringSubmatch(g); id != nil && id[1] == string(self[1]) {
+				n++
+			}
+		}
+		return n
+	}
 }
 
 // TestPoolStress hammers one pool from many goroutines, with conns breaking
@@ -997,9 +1027,23 @@ func TestPoolStress(t *testing.T) {
 				})
 			}
 			wg.Wait()
-			_, _, live := d.counts()
-			if s := p.Stats(); s.Open != int64(live) {
-				t.Errorf("Stats().Open = %d, dialer has %d live conns", s.Open, live)
+			// A dial started for a waiter that was then served by a Put may
+			// still be on its way (the dialer counted the conn live, the pool
+			// not yet open, or the reverse while an extra idle conn is
+			// dropped): look until no such dial falls between the counts.
+			for deadline := time.Now().Add(10 * time.Second); ; {
+				_, _, before := d.counts()
+				s := p.Stats()
+				dials, inflight, after := d.counts()
+				if s.Dials == uint64(dials) && inflight == 0 && int64(before) == s.Open && s.Open == int64(after) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Errorf("Stats().Open = %d, dialer has %d then %d live conns; %d dials started, %d reached the dialer, %d in flight",
+						s.Open, before, after, s.Dials, dials, inflight)
+					break
+				}
+				runtime.Gosched()
 			}
 			if s := p.Stats(); s.Gets != goroutines*cycles {
 				t.Errorf("Gets = %d, want %d", s.Gets, goroutines*cycles)

@@ -102,18 +102,40 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	up := startUpstream(t, "h1")
 	p := startProc(t, strings.ReplaceAll(simpleConfig("h1"), "@UP@", up.addr)+"drain_timeout: 30s\n")
 	clients := map[string]*http.Client{"h1": clientFor(t, "h1"), "h2": clientFor(t, "h2"), "h3": clientFor(t, "h3")}
-	l := startLoad(t, clients, p.url, map[string]int{"/echo": 3, "/slow?d=2s": 2})
+	workers := map[string]int{"/echo": 3, "/slow?d=2s": 2}
+	// Every h1 worker keeps its connection: with the default of 2 idle
+	// connections per host the others would keep dialing, and a request
+	// that began just before the signal could still be in its handshake
+	// when the listener closes.
+	for _, proto := range []string{"h1", "h2"} {
+		clients[proto].Transport.(*http.Transport).MaxIdleConnsPerHost = workers["/echo"] + workers["/slow?d=2s"]
+	}
+	l := startLoad(t, clients, p.url, workers)
 
 	time.Sleep(700 * time.Millisecond) // let the load run before the signal
 	sigAt := time.Now()
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	// New connections are refused once the listeners closed.
-	time.Sleep(200 * time.Millisecond)
-	if c, err := net.DialTimeout("tcp", "127.0.0.1:"+p.port, time.Second); err == nil {
+	// New connections are refused once the listeners closed, while the
+	// drain still runs: the admin endpoint, which closes only when the
+	// drain is over, answers after.
+	waitFor(t, 5*time.Second, "the listener to refuse new connections", func() bool {
+		c, err := net.DialTimeout("tcp", "127.0.0.1:"+p.port, time.Second)
+		if err != nil {
+			return true
+		}
 		c.Close()
-		t.Errorf("a new TCP connection was accepted while draining")
+		return false
+	})
+	admin := &http.Client{Timeout: 5 * time.Second}
+	if resp, err := admin.Get("http://" + p.admin + "/readyz"); err != nil {
+		t.Errorf("the listener refused connections only once the drain was over: /readyz: %v", err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			t.Errorf("/readyz while draining: %s, want 503", resp.Status)
+		}
 	}
 	code := p.wait(t, 10*time.Second)
 	exitAfter := time.Since(sigAt)

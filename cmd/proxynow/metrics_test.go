@@ -105,16 +105,21 @@ clusters:
 			t.Fatalf("GET /dead: %s", resp.Status)
 		}
 	}
-	// A request is counted once its response has been sent: the client
-	// may have read it a moment before.
+	// A request is counted once its response has been sent, and its
+	// stream leaves active_streams after it was counted: the client may have
+	// read the response a moment before either. Both are read from the same
+	// scrape, which the checks below use.
 	var mfs map[string]*dto.MetricFamily
-	waitFor(t, 10*time.Second, "the workload to be counted", func() bool {
+	waitFor(t, 10*time.Second, "the workload to be counted and its streams to end", func() bool {
 		mfs = scrape(t, admin)
-		total := 0.0
+		total, active := 0.0, 0.0
 		for _, m := range mfs["proxynow_requests_total"].GetMetric() {
 			total += m.GetCounter().GetValue()
 		}
-		return total == 9+3+3
+		for _, m := range mfs["proxynow_active_streams"].GetMetric() {
+			active += m.GetGauge().GetValue()
+		}
+		return total == 9+3+3 && active == 0
 	})
 	for proto, k := range n {
 		check := func(want float64, name string, labels ...string) {

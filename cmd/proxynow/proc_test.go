@@ -104,7 +104,12 @@ func startProc(t *testing.T, config string) *proc {
 		t.Fatal(err)
 	}
 	ready := make(chan struct{})
+	scanned := make(chan struct{}) // closed once stderr reached EOF
 	go func() {
+		defer close(scanned)
+		// Whatever the scanner leaves (a line over its limit) is drained,
+		// so that the child never blocks on a full pipe.
+		defer io.Copy(io.Discard, stderr)
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
@@ -121,6 +126,9 @@ func startProc(t *testing.T, config string) *proc {
 		}
 	}()
 	go func() {
+		// Wait closes the pipe: it must come after the last read, or the
+		// child's last log lines (written as it exits) can be lost.
+		<-scanned
 		p.err = p.cmd.Wait()
 		close(p.exited)
 	}()

@@ -674,6 +674,20 @@ func (s *suite) testShutdown(t *testing.T) {
 
 	shut := make(chan error, 1)
 	go func() { shut <- c.Shutdown(ctx) }()
+	// Shutdown runs on its own goroutine: look for it to begin (Err) rather
+	// than assume it did within some time.
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for deadline := time.Now().Add(promptly); c.Err() == nil; {
+		if time.Now().After(deadline) {
+			t.Fatalf("Err() still nil %v after calling Shutdown", promptly)
+		}
+		select {
+		case err := <-shut:
+			t.Fatalf("Shutdown returned %v with an exchange in flight", err)
+		case <-tick.C:
+		}
+	}
 	select {
 	case err := <-shut:
 		t.Fatalf("Shutdown returned %v with an exchange in flight", err)

@@ -80,11 +80,23 @@ type refConn struct {
 
 var errShuttingDown = errors.New("ref: shutting down")
 
+// limitLocked returns the peer's stream limit, Available()+InFlight() of the
+// net/http conn. The two are read under separate locks while streams end on
+// the conn's own goroutines, so a stream that ends between them skews the
+// sum: read InFlight on both sides of Available until it did not change.
 func (c *refConn) limitLocked() int {
 	if c.scheme == "http" {
 		return 1
 	}
-	return c.cc.Available() + c.cc.InFlight()
+	sum := 0
+	for range 1000 { // a retry needs a stream to start or end in between
+		before := c.cc.InFlight()
+		sum = c.cc.Available() + before
+		if c.cc.InFlight() == before {
+			break
+		}
+	}
+	return sum
 }
 
 func (c *refConn) Reserve() bool {
