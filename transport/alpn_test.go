@@ -179,12 +179,14 @@ func TestTLSListenerHandshakeTimeout(t *testing.T) {
 	run(l)
 	addr := l.Addr().String()
 
+	// The listener's clock starts at accept, which may come before the dial
+	// returns here: start this one before dialing.
+	start := time.Now()
 	slow, err := net.DialTimeout("tcp", addr, testWait)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer slow.Close()
-	start := time.Now()
 
 	// The silent client does not hold up the others.
 	dialTLS(t, addr, cliConf, "h2")
