@@ -16,9 +16,18 @@ func small(s transport.ServerStream) {
 }
 
 // BenchmarkServerGET measures a small GET through Server, client included
-// (quic-go's http3 client, in the same process).
+// (quic-go's http3 client, in the same process), on each engine.
 func BenchmarkServerGET(b *testing.B) {
-	ts := startServer(b, transport.HandlerFunc(small), nil)
+	for _, e := range []struct {
+		name   string
+		engine Engine
+	}{{"quic-go", EngineQuicGo}, {"native", EngineNative}} {
+		b.Run(e.name, func(b *testing.B) { benchServerGET(b, e.engine) })
+	}
+}
+
+func benchServerGET(b *testing.B, engine Engine) {
+	ts := startServer(b, transport.HandlerFunc(small), func(c *ServerConfig) { c.Engine = engine })
 	cl := ts.client(b)
 	url := ts.url("/bench")
 	b.ReportAllocs()

@@ -4,11 +4,15 @@
 // The server side, [Server], serves QUIC on a UDP socket and yields every
 // request to a transport.Handler as a transport.ServerStream. It runs its
 // own quic.Transport and listener (Retry policy, per-second and per-source
-// connection limits, stateless-reset and token keys from [Keys]) and hands
-// each connection to quic-go's http3.Server for the HTTP/3 machinery
-// (control stream, SETTINGS, QPACK, GOAWAY). Each request stream is taken
-// over from quic-go's response writer before anything is written, and the
-// ServerStream writes the response frames itself.
+// connection limits, stateless-reset and token keys from [Keys]). The HTTP/3
+// layer is chosen by ServerConfig.Engine: with [EngineQuicGo] (the default)
+// each connection goes to quic-go's http3.Server for the HTTP/3 machinery
+// (control stream, SETTINGS, QPACK, GOAWAY, request parsing), and each
+// request stream is taken over from quic-go's response writer before
+// anything is written; with [EngineNative] (native.go, native_stream.go) the
+// package speaks HTTP/3 on the QUIC streams itself and parses request
+// frames straight into transport.Requests. With either, the ServerStream
+// writes the response frames itself (stream.go).
 //
 // The client side, [Dialer], dials upstream HTTP/3 connections that
 // implement transport.Conn, on quic-go's http3.ClientConn.

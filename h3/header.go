@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"github.com/quic-go/qpack"
 	"github.com/quic-go/quic-go/quicvarint"
@@ -74,6 +75,14 @@ func (e *fieldEncoder) status(code int) {
 		return
 	}
 	e.field(":status", strconv.Itoa(code))
+}
+
+// contentLength encodes a content-length field without allocating its
+// value: the encoder copies it at once.
+func (e *fieldEncoder) contentLength(n int64) {
+	var b [20]byte
+	v := strconv.AppendInt(b[:0], n, 10)
+	e.field("content-length", unsafe.String(unsafe.SliceData(v), len(v)))
 }
 
 // statusText holds the decimal forms of the status codes below 600, so that

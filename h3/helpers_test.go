@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"testing"
 	"time"
@@ -65,8 +66,15 @@ func startServer(t testing.TB, h transport.Handler, configure func(*ServerConfig
 
 // startServerOn is startServer on a given socket; before, if set, runs on the
 // Server before Serve.
+//
+// The engine is the one cfg names, or, when cfg has the default, the one
+// the environment variable PROXYNOW_H3_ENGINE names ("native" or "quic-go"):
+// TestNativeEngineSuite runs the server tests again with it set to native.
 func startServerOn(t testing.TB, h transport.Handler, cfg ServerConfig, pc *net.UDPConn, clientTLS *tls.Config, before func(*Server)) *testServer {
 	t.Helper()
+	if cfg.Engine == EngineQuicGo && os.Getenv(engineEnv) == "native" {
+		cfg.Engine = EngineNative
+	}
 	s, err := NewServer(h, cfg)
 	if err != nil {
 		t.Fatalf("NewServer: %v", err)

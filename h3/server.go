@@ -91,7 +91,30 @@ type ServerConfig struct {
 
 	// Logger receives the server's logs. Default slog.Default().
 	Logger *slog.Logger
+
+	// Engine selects the HTTP/3 implementation that serves each connection:
+	// EngineQuicGo (the default) or EngineNative. Both have the same API,
+	// semantics and Stats; see Engine.
+	Engine Engine
 }
+
+// Engine names an HTTP/3 server implementation.
+type Engine uint8
+
+// The engines.
+const (
+	// EngineQuicGo hands each connection to quic-go's http3.Server, which
+	// parses requests into http.Requests on a goroutine per request; an
+	// adapter then takes the request stream over and writes the response
+	// frames itself.
+	EngineQuicGo Engine = iota
+	// EngineNative serves each connection with this package's own HTTP/3
+	// layer (native.go): it runs the control and QPACK streams, parses
+	// request frames and field sections straight into transport.Requests,
+	// and reads each request's head on the pooled worker that then runs the
+	// Handler.
+	EngineNative
+)
 
 // Keys are the secrets a QUIC server derives stateless-reset tokens
 // (RFC 9000 §10.3) and address-validation tokens (§8.1.3) from.
@@ -180,6 +203,9 @@ func (c ServerConfig) withDefaults() (ServerConfig, error) {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.Engine > EngineNative {
+		return c, fmt.Errorf("h3: ServerConfig.Engine %d is not an engine", c.Engine)
+	}
 	return c, nil
 }
 
@@ -232,11 +258,12 @@ type ServerStats struct {
 //
 // It is built on quic-go: a quic.Transport and listener of its own (so it
 // controls accepting, the Retry policy and the per-source and per-second
-// limits) and an http3.Server that it hands each accepted connection to (for
-// the HTTP/3 control stream, QPACK, SETTINGS and GOAWAY).
+// limits) and, with EngineQuicGo, an http3.Server that it hands each
+// accepted connection to (for the HTTP/3 control stream, QPACK, SETTINGS and
+// GOAWAY); with EngineNative it speaks HTTP/3 on the QUIC streams itself.
 //
-// It supports WebSocket over HTTP/3 (RFC 9220): quic-go's server always
-// advertises SETTINGS_ENABLE_CONNECT_PROTOCOL, and an extended CONNECT with
+// It supports WebSocket over HTTP/3 (RFC 9220): both engines always
+// advertise SETTINGS_ENABLE_CONNECT_PROTOCOL, and an extended CONNECT with
 // :protocol websocket reaches the Handler with transport.Request.Protocol
 // "websocket" (the method stays CONNECT); a 2xx response accepts it, and the
 // stream's bodies both ways are the tunnel. Any other CONNECT, with another
@@ -419,7 +446,12 @@ func (s *Server) Serve(pc net.PacketConn) error {
 
 func (s *Server) serveConn(cs *connState) {
 	defer s.connWG.Done()
-	err := s.h3.ServeQUICConn(cs.qc)
+	var err error
+	if cs.nc != nil {
+		err = cs.nc.serve()
+	} else {
+		err = s.h3.ServeQUICConn(cs.qc)
+	}
 	// ServeQUICConn returns once the connection is closed, except when the
 	// server was closed before it started: then the conn is ours to close.
 	cs.qc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "")
@@ -543,6 +575,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if ln != nil {
 		ln.Close() // handshakes in progress are refused; established conns stay
 	}
+	if s.cfg.Engine == EngineNative {
+		err := s.shutdownNative(ctx, conns)
+		s.closeTransport()
+		s.workers.Close()
+		return err
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- s.h3.Shutdown(ctx) }()
 	// quic-go's clients close an idle connection on GOAWAY; other clients
@@ -633,12 +671,17 @@ type connState struct {
 	qc       *quic.Conn
 	remote   netip.AddrPort
 	shard    uint32       // transport.Request.Shard of its streams
-	inflight atomic.Int32 // requests in the Handler
+	inflight atomic.Int32 // requests in the Handler (EngineNative: request streams accepted and not done)
 	closing  atomic.Bool  // a close-when-idle timer is pending
+	nc       *nconn       // the native engine's state; nil with EngineQuicGo
 }
 
 func newConnState(s *Server, qc *quic.Conn) *connState {
-	return &connState{srv: s, qc: qc, remote: addrOf(qc.RemoteAddr()), shard: transport.NextShard()}
+	cs := &connState{srv: s, qc: qc, remote: addrOf(qc.RemoteAddr()), shard: transport.NextShard()}
+	if s.cfg.Engine == EngineNative {
+		cs.nc = &nconn{cs: cs}
+	}
+	return cs
 }
 
 // closeWhenIdle closes the connection with H3_NO_ERROR once no request is in

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"sync/atomic"
 
@@ -80,7 +79,7 @@ func (a *adapter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// quic-go cancels the stream's send-side context on STOP_SENDING from
 	// the client, on our Close or CancelWrite, and when the connection
 	// closes; its cause tells which.
-	stop := context.AfterFunc(hs.Context(), st.onStreamDone)
+	stop := context.AfterFunc(st.sendContext(), st.onStreamDone)
 	// On a pooled goroutine: quic-go's, new for each request, would grow
 	// its stack anew every time. This one waits.
 	s.workers.Do(st)
@@ -88,15 +87,21 @@ func (a *adapter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.cancel(nil)
 }
 
-// serverStream is a transport.ServerStream on an HTTP/3 request stream.
+// serverStream is a transport.ServerStream on an HTTP/3 request stream, for
+// both engines: the response side writes its frames to the QUIC stream
+// itself. With EngineQuicGo, hr and hs are quic-go's request and stream and
+// the request body is quic-go's; with EngineNative they are nil and the
+// stream reads its request frames itself (native_stream.go).
 type serverStream struct {
 	req transport.Request
 
 	srv *Server
 	cs  *connState
-	hr  *http.Request
-	hs  *http3.Stream // the request stream, taken over from quic-go
-	qs  *quic.Stream  // the QUIC stream under hs, that response frames are written to
+	hr  *http.Request // EngineQuicGo only
+	hs  *http3.Stream // the request stream, taken over from quic-go; EngineQuicGo only
+	qs  *quic.Stream  // the QUIC stream (under hs), that response frames are written to
+
+	nat nativeIn // EngineNative: the request side
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -231,29 +236,65 @@ func (st *serverStream) end() {
 	// The response is complete. If the request body was not read to its
 	// end, tell the client to stop sending it (RFC 9114 §4.1); a no-op
 	// when it was.
-	st.hs.CancelRead(quic.StreamErrorCode(http3.ErrCodeNoError))
+	st.cancelRead(http3.ErrCodeNoError)
 }
 
 // reject answers with a bodyless error status and leaves the request unread,
 // telling the client so with code (RFC 9114 §4.1).
 func (st *serverStream) reject(status int, code http3.ErrCode) {
-	st.hs.CancelRead(quic.StreamErrorCode(code))
+	st.cancelRead(code)
 	e := getEncoder()
 	e.status(status)
 	e.field("content-length", "0")
 	_, err := st.qs.Write(e.frame())
 	putEncoder(e)
 	if err != nil {
-		st.hs.CancelWrite(quic.StreamErrorCode(code))
+		st.cancelWrite(code)
 		return
 	}
-	st.hs.Close()
+	st.closeWrite()
 }
 
 func (st *serverStream) onStreamDone() {
-	if err := streamCause(context.Cause(st.hs.Context())); err != nil {
+	if err := streamCause(context.Cause(st.sendContext())); err != nil {
 		st.cancel(err)
 	}
+}
+
+// The stream operations both engines share: through quic-go's stream when
+// it has one, on the QUIC stream otherwise.
+
+func (st *serverStream) cancelRead(code http3.ErrCode) {
+	if st.hs != nil {
+		st.hs.CancelRead(quic.StreamErrorCode(code))
+		return
+	}
+	st.qs.CancelRead(quic.StreamErrorCode(code))
+}
+
+func (st *serverStream) cancelWrite(code http3.ErrCode) {
+	if st.hs != nil {
+		st.hs.CancelWrite(quic.StreamErrorCode(code))
+		return
+	}
+	st.qs.CancelWrite(quic.StreamErrorCode(code))
+}
+
+func (st *serverStream) closeWrite() error {
+	if st.hs != nil {
+		return st.hs.Close()
+	}
+	return st.qs.Close()
+}
+
+// sendContext is the stream's send-side context, cancelled on STOP_SENDING
+// from the client, on our Close or CancelWrite, and when the connection
+// closes.
+func (st *serverStream) sendContext() context.Context {
+	if st.hs != nil {
+		return st.hs.Context()
+	}
+	return st.qs.Context()
 }
 
 // Context is cancelled when the client resets the stream or stops reading
@@ -300,7 +341,7 @@ func (st *serverStream) WriteHeader(status int, h http.Header, contentLength int
 	e.status(status)
 	e.header(h, false)
 	if contentLength >= 0 && status != http.StatusNoContent {
-		e.field("content-length", strconv.FormatInt(contentLength, 10))
+		e.contentLength(contentLength)
 	}
 	if !st.noBody {
 		st.clen = contentLength
@@ -388,7 +429,8 @@ func (st *serverStream) Finish(trailer http.Header) error {
 			return err
 		}
 	}
-	if err := st.hs.Close(); err != nil {
+	st.stopWatch()
+	if err := st.closeWrite(); err != nil {
 		return downstreamErr(err, st.resetCode())
 	}
 	return nil
@@ -404,9 +446,9 @@ func (st *serverStream) Reset(code transport.Code) {
 	if !st.resetBy.CompareAndSwap(0, uint32(code)+1) {
 		return
 	}
-	c := quic.StreamErrorCode(ResetCode(code))
-	st.hs.CancelWrite(c)
-	st.hs.CancelRead(c)
+	c := ResetCode(code)
+	st.cancelWrite(c)
+	st.cancelRead(c)
 	if st.cancel != nil {
 		st.cancel(code.Err())
 	}
@@ -425,6 +467,9 @@ type requestBody serverStream
 
 func (b *requestBody) Read(p []byte) (int, error) {
 	st := (*serverStream)(b)
+	if st.hr == nil {
+		return st.readBody(p)
+	}
 	n, err := st.hr.Body.Read(p)
 	switch err {
 	case nil:
