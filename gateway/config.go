@@ -105,6 +105,13 @@ type HTTP3Config struct {
 	// Enabled turns HTTP/3 on, on Listen's UDP port. Default true.
 	Enabled *bool `yaml:"enabled"`
 
+	// Engine is the HTTP/3 server implementation on quic-go's QUIC
+	// connections: "native", ProxyNow's own HTTP/3 framing (no
+	// http.Request or goroutine per request besides the handler's), or
+	// "quicgo", quic-go's http3.Server, kept as a fallback. Like
+	// http2.engine, it changes nothing else. Default "native".
+	Engine string `yaml:"engine"`
+
 	// IdleTimeout closes a QUIC connection without activity. Default 30s.
 	IdleTimeout Duration `yaml:"idle_timeout"`
 

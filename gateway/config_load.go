@@ -796,6 +796,7 @@ func (c *Config) setDefaults() {
 	orDefault(&c.Listen, ":8443")
 	orDefault(&c.TLS.HandshakeTimeout, Duration(10*time.Second))
 	orDefault(&c.HTTP2.Engine, "native")
+	orDefault(&c.HTTP3.Engine, "native")
 
 	h := &c.HTTP3
 	if h.Enabled == nil {
@@ -1039,6 +1040,7 @@ func (v *validator) validate(c *Config) {
 		v.errorf("http3.initial_conn_window", "%s exceeds max_conn_window %s", h.InitialConnWindow, h.MaxConnWindow)
 	}
 	v.oneOf("http2.engine", c.HTTP2.Engine, "native", "xnet")
+	v.oneOf("http3.engine", c.HTTP3.Engine, "native", "quicgo")
 	v.oneOf("http3.early_data", h.EarlyData, "off", "safe")
 	v.oneOf("http3.retry", h.Retry, "never", "always", "auto")
 	v.nonNegative("http3.retry_above", h.RetryAbove)

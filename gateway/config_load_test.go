@@ -225,7 +225,7 @@ clusters:
 		TLS:    TLSConfig{HandshakeTimeout: s(10 * time.Second)},
 		HTTP2:  HTTP2Config{Engine: "native"},
 		HTTP3: HTTP3Config{
-			Enabled: new(true), IdleTimeout: s(30 * time.Second), HandshakeTimeout: s(10 * time.Second),
+			Enabled: new(true), Engine: "native", IdleTimeout: s(30 * time.Second), HandshakeTimeout: s(10 * time.Second),
 			MaxStreams: 250, InitialStreamWindow: 512 << 10, MaxStreamWindow: 6 << 20,
 			InitialConnWindow: 768 << 10, MaxConnWindow: 15 << 20, EarlyData: "off", Retry: "auto",
 			RetryAbove: 1000, MaxHandshakesPerSecond: 5000, MaxConnsPerSource: 100,
@@ -385,6 +385,7 @@ func TestParseConfigInvalid(t *testing.T) {
 		{name: "metrics enabled", src: "metrics:\n  enabled: sometimes\n", pos: "2:12", field: "metrics.enabled", msg: "expected true or false"},
 		{name: "early data", src: "http3:\n  early_data: on\n", pos: "2:15", field: "http3.early_data", msg: "not one of off, safe"},
 		{name: "h2 engine", src: "http2:\n  engine: nghttp2\n", pos: "2:11", field: "http2.engine", msg: "not one of native, xnet"},
+		{name: "h3 engine", src: "http3:\n  engine: nghttp3\n", pos: "2:11", field: "http3.engine", msg: "not one of native, quicgo"},
 		{name: "retry", src: "http3:\n  retry: sometimes\n", pos: "2:10", field: "http3.retry", msg: "not one of never, always, auto"},
 		{name: "negative count", src: "limits:\n  max_header_count: -1\n", pos: "2:21", field: "limits.max_header_count", msg: "must not be negative"},
 		{name: "negative pool", src: "clusters:\n  - name: app\n    servers: [\"127.0.0.1:8080\"]\n    pool: {max_idle: -2}\n",

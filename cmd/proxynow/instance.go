@@ -74,6 +74,14 @@ func h2Engine(name string) h2.Engine {
 	return h2.EngineNative
 }
 
+// h3Engine maps http3.engine to the h3 server's engine.
+func h3Engine(name string) h3.Engine {
+	if name == "quicgo" {
+		return h3.EngineQuicGo
+	}
+	return h3.EngineNative
+}
+
 // dialerFor is the gateway's DialerFactory: it makes the upstream dialer of a
 // cluster from the h1, h2 and h3 packages.
 func dialerFor(spec gateway.DialerSpec) (transport.Dialer, error) {
@@ -268,6 +276,7 @@ func (inst *instance) serveFrontend(f *frontend, cfg *gateway.Config) error {
 		}
 		var err error
 		f.h3, err = h3.NewServer(inst.gw, h3.ServerConfig{
+			Engine:                 h3Engine(q.Engine),
 			TLS:                    inst.tlsConf,
 			IdleTimeout:            time.Duration(q.IdleTimeout),
 			HandshakeTimeout:       time.Duration(q.HandshakeTimeout),
