@@ -206,6 +206,14 @@ type LimitsConfig struct {
 	// no request in flight. Default 120s.
 	IdleTimeout Duration `yaml:"idle_timeout"`
 
+	// WriteTimeout fails a response whose writes to the client make no
+	// progress for this long (a client that stops reading): an HTTP/1.1
+	// connection is closed; an HTTP/2 connection whose socket stalls is
+	// closed, and a stream the client grants no flow-control window is
+	// reset; an HTTP/3 stream is reset. The upstream request is cancelled
+	// and logged as 499. Default 30s.
+	WriteTimeout Duration `yaml:"write_timeout"`
+
 	// MaxBodyBytes bounds a request body. Beyond it: 413. Default 0: no
 	// limit.
 	MaxBodyBytes ByteSize `yaml:"max_body_bytes"`

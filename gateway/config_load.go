@@ -826,6 +826,7 @@ func (c *Config) setDefaults() {
 	orDefault(&l.MaxRequestLine, 8<<10)
 	orDefault(&l.HeaderTimeout, Duration(10*time.Second))
 	orDefault(&l.IdleTimeout, Duration(120*time.Second))
+	orDefault(&l.WriteTimeout, Duration(30*time.Second))
 	orDefault(&l.MaxConcurrentStreams, 250)
 
 	orDefault(&c.DrainTimeout, Duration(30*time.Second))
@@ -1058,6 +1059,7 @@ func (v *validator) validate(c *Config) {
 	v.size("limits.max_request_line", l.MaxRequestLine)
 	v.duration("limits.header_timeout", l.HeaderTimeout)
 	v.duration("limits.idle_timeout", l.IdleTimeout)
+	v.duration("limits.write_timeout", l.WriteTimeout)
 	v.size("limits.max_body_bytes", l.MaxBodyBytes)
 	v.nonNegative("limits.max_concurrent_streams", l.MaxConcurrentStreams)
 	if l.MaxConcurrentStreams > math.MaxUint32 {

@@ -142,7 +142,7 @@ func TestParseConfigFullExample(t *testing.T) {
 	check("AltSvc.Port", c.AltSvc.Port, 443)
 	check("Limits", c.Limits, LimitsConfig{
 		MaxHeaderBytes: 64 << 10, MaxHeaderCount: 100, MaxRequestLine: 8 << 10,
-		HeaderTimeout: Duration(10 * time.Second), IdleTimeout: Duration(2 * time.Minute),
+		HeaderTimeout: Duration(10 * time.Second), IdleTimeout: Duration(2 * time.Minute), WriteTimeout: Duration(time.Minute),
 		MaxBodyBytes: 100e6, MaxConcurrentStreams: 250,
 	})
 	check("TrustedProxies", c.TrustedProxies, []string{"10.0.0.0/8", "192.168.0.0/16", "fd00::/8", "203.0.113.7"})
@@ -233,7 +233,7 @@ clusters:
 		AltSvc: AltSvcConfig{Enabled: new(true), MaxAge: s(24 * time.Hour)},
 		Limits: LimitsConfig{
 			MaxHeaderBytes: 64 << 10, MaxHeaderCount: 100, MaxRequestLine: 8 << 10,
-			HeaderTimeout: s(10 * time.Second), IdleTimeout: s(120 * time.Second), MaxConcurrentStreams: 250,
+			HeaderTimeout: s(10 * time.Second), IdleTimeout: s(120 * time.Second), WriteTimeout: s(30 * time.Second), MaxConcurrentStreams: 250,
 		},
 		DrainTimeout: s(30 * time.Second),
 		Admin:        AdminConfig{Listen: "127.0.0.1:9901"},

@@ -37,6 +37,10 @@ type ServerConfig struct {
 	// IdleTimeout closes a keep-alive connection that waits this long for
 	// its next request. Default 120s.
 	IdleTimeout time.Duration
+	// WriteTimeout fails a connection whose response writes make no
+	// progress for this long (a client that stops reading); the handler
+	// sees its writes fail as CodeClientCancelled. Default 30s.
+	WriteTimeout time.Duration
 	// Logger receives panics and connection errors; nil discards them.
 	Logger *slog.Logger
 }
@@ -56,6 +60,9 @@ func (c ServerConfig) withDefaults() ServerConfig {
 	}
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = 120 * time.Second
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 30 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -39,7 +39,8 @@ type serverConn struct {
 
 	cr  connReader
 	br  *bufio.Reader
-	bw  *bufio.Writer
+	bw  *bufio.Writer // on dw
+	dw  deadlineWriter
 	blk block
 	fs  []field
 
@@ -67,7 +68,8 @@ func (c *serverConn) serve() {
 	c.br = readerPool.Get().(*bufio.Reader)
 	c.br.Reset(&c.cr)
 	c.bw = writerPool.Get().(*bufio.Writer)
-	c.bw.Reset(c.nc)
+	c.dw.c = c
+	c.bw.Reset(&c.dw)
 	defer func() {
 		c.cancel(transport.CodeClientCancelled.Err())
 		c.nc.Close()
@@ -207,9 +209,28 @@ func (c *serverConn) requestError(err error) {
 	}
 }
 
+// deadlineWriter is the writer under the conn's bufio.Writer. It keeps the
+// conn's write deadline WriteTimeout ahead, moving it at most every quarter
+// of WriteTimeout rather than for every write: a write then fails after at
+// least three quarters of WriteTimeout without being able to finish (the
+// client stopped reading), and a steady response pays one deadline change
+// per several seconds, not per request.
+type deadlineWriter struct {
+	c    *serverConn
+	next time.Time // when the deadline is due to move again
+}
+
+func (w *deadlineWriter) Write(p []byte) (int, error) {
+	if now := time.Now(); now.After(w.next) {
+		t := w.c.srv.cfg.WriteTimeout
+		w.c.nc.SetWriteDeadline(now.Add(t))
+		w.next = now.Add(t / 4)
+	}
+	return w.c.nc.Write(p)
+}
+
 // writeSimple writes a short text response with Connection: close.
 func (c *serverConn) writeSimple(status int, msg string) {
-	c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.HeaderTimeout))
 	bw := c.bw
 	bw.Write(statusLine(status))
 	bw.WriteString("Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n")

@@ -1047,3 +1047,42 @@ func TestServerNetHTTPClient(t *testing.T) {
 		}
 	}
 }
+
+// TestServerWriteTimeout: a client that stops reading a response fails the
+// handler's writes after WriteTimeout without progress, and loses its conn.
+func TestServerWriteTimeout(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	failed := make(chan error, 1)
+	h := transport.HandlerFunc(func(s transport.ServerStream) {
+		s.WriteHeader(200, http.Header{}, -1)
+		chunk := make([]byte, 64<<10)
+		for range 1024 { // 64 MiB at most: far beyond the socket buffers
+			if _, err := s.Write(chunk); err != nil {
+				failed <- err
+				return
+			}
+		}
+		failed <- nil
+		s.Finish(nil)
+	})
+	_, addr := startServer(t, h, ServerConfig{WriteTimeout: timeout})
+	c := dial(t, addr)
+	start := time.Now()
+	io.WriteString(c, "GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+	select {
+	case err := <-failed:
+		if !errors.Is(err, transport.CodeClientCancelled.Err()) {
+			t.Fatalf("handler's write: %v, want CodeClientCancelled", err)
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("the handler's writes to a client that does not read never failed")
+	}
+	if d := time.Since(start); d < timeout*3/4 {
+		t.Errorf("writes failed after %v, before three quarters of WriteTimeout %v", d, timeout)
+	}
+	// The conn is closed: reading drains the buffered bytes, then ends.
+	c.SetReadDeadline(time.Now().Add(testTimeout))
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		t.Errorf("conn not closed after the write timeout: %v", err)
+	}
+}

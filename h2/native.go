@@ -58,16 +58,16 @@ import (
 //     request body bytes buffered per conn; the write buffer is 32 KiB.
 //   - Time: HeaderTimeout bounds the preface and the first request;
 //     IdleTimeout closes a conn without streams (GOAWAY NO_ERROR); a write
-//     that cannot progress for 30 s (a client that stops reading) fails the
-//     conn; a conn that sent its last GOAWAY lingers at most 1 s for the
-//     client to close.
+//     that cannot progress for WriteTimeout (a client that stops reading)
+//     fails the conn, and a stream that waits that long for flow-control
+//     window is reset with CANCEL; a conn that sent its last GOAWAY lingers
+//     at most 1 s for the client to close.
 const (
 	nativeStreamWindow  = 1 << 20 // SETTINGS_INITIAL_WINDOW_SIZE advertised
 	nativeConnWindow    = 4 << 20 // conn receive window
 	nativeMaxFrame      = 16384   // SETTINGS_MAX_FRAME_SIZE (the default)
 	nativeWriteBuf      = 32 << 10
 	nativeReadBuf       = 32 << 10
-	nativeWriteTimeout  = 30 * time.Second
 	nativeLinger        = time.Second
 	nativeGoAwayWait    = time.Second // how long the first GOAWAY's PING may take
 	nativeFloodBurst    = 1000
@@ -250,15 +250,15 @@ func (ns *nativeServer) newConn(nc net.Conn) *nconn {
 }
 
 // connWriter is the bufio.Writer's sink: it pushes the write deadline
-// forward, at most every quarter of nativeWriteTimeout, so a client that
-// stops reading fails the conn within about nativeWriteTimeout.
+// forward, at most every quarter of WriteTimeout, so a client that stops
+// reading fails the conn within about WriteTimeout.
 type connWriter struct{ c *nconn }
 
 func (w connWriter) Write(p []byte) (int, error) {
 	c := w.c
-	if now := time.Now(); now.Sub(c.wdl) > nativeWriteTimeout/4 {
+	if now, t := time.Now(), c.ns.s.cfg.WriteTimeout; now.Sub(c.wdl) > t/4 {
 		c.wdl = now
-		c.nc.SetWriteDeadline(now.Add(nativeWriteTimeout))
+		c.nc.SetWriteDeadline(now.Add(t))
 	}
 	return c.nc.Write(p)
 }

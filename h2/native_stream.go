@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/net/http2"
@@ -345,9 +346,18 @@ func (st *nstream) Write(p []byte) (int, error) {
 
 // sendData sends the head when it is not sent yet, then p as DATA frames
 // within the flow-control windows, the last with END_STREAM when end is set.
-// It waits for window without holding the write section.
+// It waits for window without holding the write section, for WriteTimeout
+// at most: a client that stops granting window (it stopped reading) gets
+// the stream reset, as CodeClientCancelled.
 func (st *nstream) sendData(p []byte, end bool) error {
 	c := st.c
+	var stall *time.Timer // wakes the wait below at WriteTimeout
+	var stallEnd time.Time
+	defer func() {
+		if stall != nil {
+			stall.Stop()
+		}
+	}()
 	for {
 		n := 0
 		if len(p) > 0 {
@@ -367,7 +377,25 @@ func (st *nstream) sendData(p []byte, end bool) error {
 				if win > 0 {
 					break
 				}
+				if stall == nil {
+					t := c.ns.s.cfg.WriteTimeout
+					stallEnd = time.Now().Add(t)
+					stall = time.AfterFunc(t, func() {
+						c.mu.Lock()
+						c.flowCond.Broadcast()
+						c.mu.Unlock()
+					})
+				} else if !time.Now().Before(stallEnd) {
+					c.mu.Unlock()
+					st.Reset(transport.CodeClientCancelled)
+					return transport.CodeClientCancelled.Err()
+				}
 				c.flowCond.Wait()
+			}
+			if stall != nil {
+				// Window came: the next wait has a WriteTimeout of its own.
+				stall.Stop()
+				stall = nil
 			}
 			n = min(len(p), int(win))
 			st.sendWindow -= int64(n)

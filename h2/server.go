@@ -52,6 +52,14 @@ type ServerConfig struct {
 	// the client's first SETTINGS to 2s on its own.) Default 10s.
 	HeaderTimeout time.Duration
 
+	// WriteTimeout bounds how long a response write may make no progress (a
+	// client that stops reading): a conn whose socket writes stall that long
+	// fails with all its streams; with EngineNative, a stream that waits
+	// that long for flow-control window is reset (CANCEL) and its writes
+	// fail with CodeClientCancelled (x/net's engine waits for window without
+	// a bound). Default 30s.
+	WriteTimeout time.Duration
+
 	// Logger receives handler panics and, with EngineXNet, x/net's
 	// conn-level messages. Default slog.Default().
 	Logger *slog.Logger
@@ -97,6 +105,9 @@ func (c ServerConfig) withDefaults() ServerConfig {
 	}
 	if c.HeaderTimeout <= 0 {
 		c.HeaderTimeout = 10 * time.Second
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 30 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -181,7 +192,7 @@ func NewServer(h transport.Handler, cfg ServerConfig) *Server {
 		ErrorLog:       slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelInfo),
 		ConnState:      s.onConnState,
 	}
-	s.h2 = &http2.Server{}
+	s.h2 = &http2.Server{WriteByteTimeout: cfg.WriteTimeout}
 	// ConfigureServer makes base.Shutdown start a graceful shutdown (GOAWAY)
 	// on every conn that ServeConn serves with BaseConfig: base, and copies
 	// base.IdleTimeout. It fails only on TLS settings, which base lacks.

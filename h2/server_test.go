@@ -968,3 +968,76 @@ func testServerShutdownIdleConns(t *testing.T) {
 		}
 	}
 }
+
+// TestServerWriteTimeout: a client that grants flow-control credit but stops
+// reading fails the conn once its writes make no progress for WriteTimeout;
+// the handler's writes fail.
+func TestServerWriteTimeout(t *testing.T) {
+	h2tEngines(t, func(t *testing.T) {
+		failed := make(chan error, 1)
+		h := transport.HandlerFunc(func(s transport.ServerStream) {
+			s.WriteHeader(200, http.Header{}, -1)
+			chunk := make([]byte, 16<<10)
+			for range 4096 { // 64 MiB at most: far beyond the socket buffers
+				if _, err := s.Write(chunk); err != nil {
+					failed <- err
+					return
+				}
+			}
+			failed <- nil
+			s.Finish(nil)
+		})
+		ts := h2tStartServer(t, h, ServerConfig{WriteTimeout: 300 * time.Millisecond})
+		r := h2tDialRaw(t, ts.addr)
+		if err := r.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1}); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.fr.WriteWindowUpdate(0, 1<<31-1-65535); err != nil {
+			t.Fatal(err)
+		}
+		r.request(1, "/big")
+		select {
+		case err := <-failed:
+			if err == nil {
+				t.Fatal("64 MiB written to a client that does not read")
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the handler's writes to a client that does not read never failed")
+		}
+	})
+}
+
+// TestNativeFlowControlStall: a client that stops granting flow-control
+// window holds up a response's DATA; after WriteTimeout the native engine
+// resets the stream, and the handler's write fails with CodeClientCancelled.
+func TestNativeFlowControlStall(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	failed := make(chan error, 1)
+	h := transport.HandlerFunc(func(s transport.ServerStream) {
+		s.WriteHeader(200, http.Header{}, -1)
+		_, err := s.Write(make([]byte, 1<<20)) // beyond the 64 KiB window granted
+		failed <- err
+	})
+	ts := h2tStartServer(t, h, ServerConfig{Engine: EngineNative, WriteTimeout: timeout})
+	r := h2tDialRaw(t, ts.addr)
+	start := time.Now()
+	r.request(1, "/big")
+	select {
+	case err := <-failed:
+		if !errors.Is(err, transport.CodeClientCancelled.Err()) {
+			t.Fatalf("handler's write: %v, want CodeClientCancelled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a write held up by flow control never failed")
+	}
+	if d := time.Since(start); d < timeout {
+		t.Errorf("the write failed after %v, before WriteTimeout %v", d, timeout)
+	}
+	r.next("RST_STREAM", func(f http2.Frame) bool {
+		rst, ok := f.(*http2.RSTStreamFrame)
+		if ok && (rst.StreamID != 1 || rst.ErrCode != ResetCode(transport.CodeClientCancelled)) {
+			t.Errorf("RST_STREAM %d %v", rst.StreamID, rst.ErrCode)
+		}
+		return ok
+	})
+}

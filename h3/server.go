@@ -33,6 +33,11 @@ type ServerConfig struct {
 	IdleTimeout time.Duration
 	// HandshakeTimeout bounds a QUIC handshake. Default 10s.
 	HandshakeTimeout time.Duration
+	// WriteTimeout resets a request stream (H3_REQUEST_CANCELLED) whose
+	// response writes make no progress for this long: the client's flow
+	// control holds them up (it stopped reading). The handler's writes fail
+	// with CodeClientCancelled. Default 30s.
+	WriteTimeout time.Duration
 	// KeepAlivePeriod, if positive, makes the server send PINGs on idle
 	// connections. Default 0: clients keep their connections alive.
 	KeepAlivePeriod time.Duration
@@ -133,7 +138,7 @@ func (c ServerConfig) withDefaults() (ServerConfig, error) {
 	durations := []struct {
 		v   *time.Duration
 		def time.Duration
-	}{{&c.IdleTimeout, 30 * time.Second}, {&c.HandshakeTimeout, 10 * time.Second}}
+	}{{&c.IdleTimeout, 30 * time.Second}, {&c.HandshakeTimeout, 10 * time.Second}, {&c.WriteTimeout, 30 * time.Second}}
 	for _, d := range durations {
 		if *d.v <= 0 {
 			*d.v = d.def

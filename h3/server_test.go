@@ -561,3 +561,49 @@ func patternSumOf(b []byte) string {
 	_, sum, _ := hashBody(bytes.NewReader(b))
 	return sum
 }
+
+// TestServerWriteTimeout: a client that stops reading a response holds up
+// the server's writes through flow control; after WriteTimeout without
+// progress the handler's writes fail with CodeClientCancelled and the client
+// sees the stream reset.
+func TestServerWriteTimeout(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	failed := make(chan error, 1)
+	ts := startServer(t, transport.HandlerFunc(func(s transport.ServerStream) {
+		s.WriteHeader(200, http.Header{}, -1)
+		chunk := make([]byte, 16<<10)
+		for range 4096 { // 64 MiB at most: far beyond the flow-control windows
+			if _, err := s.Write(chunk); err != nil {
+				failed <- err
+				return
+			}
+		}
+		failed <- nil
+		s.Finish(nil)
+	}), func(c *ServerConfig) { c.WriteTimeout = timeout })
+	// No deadline on the request: only the server may end it.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ts.url("/big"), nil)
+	start := time.Now()
+	resp, err := ts.client(t).RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	select {
+	case err := <-failed:
+		if !errors.Is(err, transport.CodeClientCancelled.Err()) {
+			t.Fatalf("handler's write: %v, want CodeClientCancelled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the handler's writes to a client that does not read never failed")
+	}
+	if d := time.Since(start); d < timeout*3/4 {
+		t.Errorf("writes failed after %v, before three quarters of WriteTimeout %v", d, timeout)
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	if code, ok := h3ErrCode(err); !ok || code != http3.ErrCodeRequestCanceled {
+		t.Errorf("client's read: %v, want a reset with H3_REQUEST_CANCELLED", err)
+	}
+}

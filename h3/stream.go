@@ -5,9 +5,11 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
 	"runtime/debug"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
@@ -109,9 +111,10 @@ type serverStream struct {
 	// Touched by the handler's goroutine only.
 	state   uint8 // stateIdle, stateHead or stateDone
 	isHead  bool
-	noBody  bool  // HEAD, 204 or 304: body bytes are dropped
-	clen    int64 // the response's Content-Length, or -1
-	written int64 // body bytes written
+	noBody  bool      // HEAD, 204 or 304: body bytes are dropped
+	clen    int64     // the response's Content-Length, or -1
+	written int64     // body bytes written
+	wdl     time.Time // when armWrite moves the write deadline again
 	fh      [frameHeaderRoom]byte
 
 	resetBy  atomic.Uint32 // 1+Code of the first Reset, 0 if none
@@ -378,16 +381,39 @@ func (st *serverStream) Write(p []byte) (int, error) {
 	n, err := st.qs.Write(p)
 	st.written += int64(n)
 	if err != nil {
-		return n, downstreamErr(err, st.resetCode())
+		return n, st.writeFailed(err)
 	}
 	return n, nil
 }
 
 func (st *serverStream) write(b []byte) error {
+	st.armWrite()
 	if _, err := st.qs.Write(b); err != nil {
-		return downstreamErr(err, st.resetCode())
+		return st.writeFailed(err)
 	}
 	return nil
+}
+
+// armWrite keeps the stream's write deadline WriteTimeout ahead, moving it
+// at most every quarter of WriteTimeout: a write that the client's flow
+// control holds up (it stopped reading) fails after at least three quarters
+// of WriteTimeout. A short response moves it once.
+func (st *serverStream) armWrite() {
+	if now := time.Now(); now.After(st.wdl) {
+		t := st.srv.cfg.WriteTimeout
+		st.qs.SetWriteDeadline(now.Add(t))
+		st.wdl = now.Add(t / 4)
+	}
+}
+
+// writeFailed translates a failed write; a write that timed out resets the
+// stream (CodeClientCancelled: the client is not reading).
+func (st *serverStream) writeFailed(err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		st.Reset(transport.CodeClientCancelled)
+		return transport.CodeClientCancelled.Err()
+	}
+	return downstreamErr(err, st.resetCode())
 }
 
 // Flush returns nil: quic-go sends written data as soon as flow and

@@ -122,3 +122,28 @@ func TestConcurrentStreams(t *testing.T) {
 		})
 	}
 }
+
+// TestStalledClientCancelsUpstream: a client that stops reading a download
+// (its socket buffer or its flow-control window full) fails the response
+// after limits.write_timeout and cancels the upstream request, on every
+// downstream protocol.
+func TestStalledClientCancelsUpstream(t *testing.T) {
+	up := startUpstream(t, "h1")
+	f := startGateway(t, simpleConfig("h1")+"limits:\n  write_timeout: 300ms\n", up)
+	forEachMode(t, func(t *testing.T, proto string, c *http.Client) {
+		before := up.aborted.Load()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "GET", f.url("/big?n=1073741824"), nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if _, err := io.CopyN(io.Discard, resp.Body, 256<<10); err != nil {
+			t.Fatal(err)
+		}
+		// Stop reading, without cancelling or closing.
+		waitFor(t, 10*time.Second, "the stalled download to be cancelled upstream", func() bool { return up.aborted.Load() > before })
+	})
+}

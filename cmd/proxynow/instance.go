@@ -251,13 +251,14 @@ func (inst *instance) serveFrontend(f *frontend, cfg *gateway.Config) error {
 	f.h1 = h1.NewServer(inst.gw, h1.ServerConfig{
 		MaxHeaderBytes: int(lim.MaxHeaderBytes), MaxHeaderCount: lim.MaxHeaderCount,
 		MaxRequestLine: int(lim.MaxRequestLine), HeaderTimeout: time.Duration(lim.HeaderTimeout),
-		IdleTimeout: time.Duration(lim.IdleTimeout), Logger: inst.log,
+		IdleTimeout: time.Duration(lim.IdleTimeout), WriteTimeout: time.Duration(lim.WriteTimeout),
+		Logger: inst.log,
 	})
 	f.h2 = h2.NewServer(inst.gw, h2.ServerConfig{
 		MaxHeaderBytes: int(lim.MaxHeaderBytes), MaxHeaderCount: lim.MaxHeaderCount,
 		MaxConcurrentStreams: lim.MaxConcurrentStreams, IdleTimeout: time.Duration(lim.IdleTimeout),
-		HeaderTimeout: time.Duration(lim.HeaderTimeout), Logger: inst.log,
-		Engine: h2Engine(cfg.HTTP2.Engine),
+		HeaderTimeout: time.Duration(lim.HeaderTimeout), WriteTimeout: time.Duration(lim.WriteTimeout),
+		Logger: inst.log, Engine: h2Engine(cfg.HTTP2.Engine),
 	})
 	if f.udp != nil {
 		q := cfg.HTTP3
@@ -280,6 +281,7 @@ func (inst *instance) serveFrontend(f *frontend, cfg *gateway.Config) error {
 			TLS:                    inst.tlsConf,
 			IdleTimeout:            time.Duration(q.IdleTimeout),
 			HandshakeTimeout:       time.Duration(q.HandshakeTimeout),
+			WriteTimeout:           time.Duration(lim.WriteTimeout),
 			KeepAlivePeriod:        time.Duration(q.KeepAlivePeriod),
 			MaxStreams:             q.MaxStreams,
 			InitialStreamWindow:    int64(q.InitialStreamWindow),
