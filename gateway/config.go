@@ -98,6 +98,13 @@ type HTTP2Config struct {
 	// between its nghttp2 and oghttp2 codecs, it changes nothing else.
 	// Default "native".
 	Engine string `yaml:"engine"`
+
+	// InitialStreamWindow and InitialConnWindow are the flow-control
+	// windows granted to a client's request bodies, per stream and per
+	// connection; they bound the body bytes buffered per connection.
+	// Between 65535 and 2 GiB - 1 bytes; defaults 1 MiB and 4 MiB.
+	InitialStreamWindow ByteSize `yaml:"initial_stream_window"`
+	InitialConnWindow   ByteSize `yaml:"initial_conn_window"`
 }
 
 // HTTP3Config configures QUIC and HTTP/3.

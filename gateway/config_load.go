@@ -796,6 +796,8 @@ func (c *Config) setDefaults() {
 	orDefault(&c.Listen, ":8443")
 	orDefault(&c.TLS.HandshakeTimeout, Duration(10*time.Second))
 	orDefault(&c.HTTP2.Engine, "native")
+	orDefault(&c.HTTP2.InitialStreamWindow, 1<<20)
+	orDefault(&c.HTTP2.InitialConnWindow, 4<<20)
 	orDefault(&c.HTTP3.Engine, "native")
 
 	h := &c.HTTP3
@@ -1041,6 +1043,14 @@ func (v *validator) validate(c *Config) {
 		v.errorf("http3.initial_conn_window", "%s exceeds max_conn_window %s", h.InitialConnWindow, h.MaxConnWindow)
 	}
 	v.oneOf("http2.engine", c.HTTP2.Engine, "native", "xnet")
+	for _, w := range []struct {
+		path string
+		v    ByteSize
+	}{{"http2.initial_stream_window", c.HTTP2.InitialStreamWindow}, {"http2.initial_conn_window", c.HTTP2.InitialConnWindow}} {
+		if w.v < 65535 || w.v > 1<<31-1 {
+			v.errorf(w.path, "must be between 65535 and 2147483647 bytes, got %d", int64(w.v))
+		}
+	}
 	v.oneOf("http3.engine", c.HTTP3.Engine, "native", "quicgo")
 	v.oneOf("http3.early_data", h.EarlyData, "off", "safe")
 	v.oneOf("http3.retry", h.Retry, "never", "always", "auto")

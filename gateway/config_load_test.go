@@ -125,6 +125,10 @@ func TestParseConfigFullExample(t *testing.T) {
 		{dir + "/tls/example.net.crt", dir + "/tls/example.net.key"},
 	})
 	check("TLS.HandshakeTimeout", c.TLS.HandshakeTimeout.D(), 10*time.Second)
+	check("HTTP2.Engine", c.HTTP2.Engine, "native")
+	check("HTTP2.InitialStreamWindow", c.HTTP2.InitialStreamWindow, ByteSize(2<<20))
+	check("HTTP2.InitialConnWindow", c.HTTP2.InitialConnWindow, ByteSize(8<<20))
+	check("HTTP3.Engine", c.HTTP3.Engine, "native")
 	check("HTTP3Enabled", c.HTTP3Enabled(), true)
 	h := c.HTTP3
 	check("HTTP3.IdleTimeout", h.IdleTimeout.D(), 30*time.Second)
@@ -223,7 +227,7 @@ clusters:
 	want := &Config{
 		Listen: ":8443",
 		TLS:    TLSConfig{HandshakeTimeout: s(10 * time.Second)},
-		HTTP2:  HTTP2Config{Engine: "native"},
+		HTTP2:  HTTP2Config{Engine: "native", InitialStreamWindow: 1 << 20, InitialConnWindow: 4 << 20},
 		HTTP3: HTTP3Config{
 			Enabled: new(true), Engine: "native", IdleTimeout: s(30 * time.Second), HandshakeTimeout: s(10 * time.Second),
 			MaxStreams: 250, InitialStreamWindow: 512 << 10, MaxStreamWindow: 6 << 20,
@@ -385,6 +389,7 @@ func TestParseConfigInvalid(t *testing.T) {
 		{name: "metrics enabled", src: "metrics:\n  enabled: sometimes\n", pos: "2:12", field: "metrics.enabled", msg: "expected true or false"},
 		{name: "early data", src: "http3:\n  early_data: on\n", pos: "2:15", field: "http3.early_data", msg: "not one of off, safe"},
 		{name: "h2 engine", src: "http2:\n  engine: nghttp2\n", pos: "2:11", field: "http2.engine", msg: "not one of native, xnet"},
+		{name: "h2 window", src: "http2:\n  initial_stream_window: 1KiB\n", pos: "2:26", field: "http2.initial_stream_window", msg: "must be between 65535 and 2147483647 bytes, got 1024"},
 		{name: "h3 engine", src: "http3:\n  engine: nghttp3\n", pos: "2:11", field: "http3.engine", msg: "not one of native, quicgo"},
 		{name: "retry", src: "http3:\n  retry: sometimes\n", pos: "2:10", field: "http3.retry", msg: "not one of never, always, auto"},
 		{name: "negative count", src: "limits:\n  max_header_count: -1\n", pos: "2:21", field: "limits.max_header_count", msg: "must not be negative"},

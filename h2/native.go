@@ -54,8 +54,9 @@ import (
 //   - CONTINUATION flood (CVE-2024-27316): the Framer stops at the header
 //     list limit (MaxHeaderBytes) and ends the conn when a client goes far
 //     beyond it; a header list over the limit within that is answered 431.
-//   - Memory: the receive windows (1 MiB per stream, 4 MiB per conn) bound the
-//     request body bytes buffered per conn; the write buffer is 32 KiB.
+//   - Memory: the receive windows (InitialStreamWindow and InitialConnWindow,
+//     1 MiB and 4 MiB by default) bound the request body bytes buffered per
+//     conn; the write buffer is 32 KiB.
 //   - Time: HeaderTimeout bounds the preface and the first request;
 //     IdleTimeout closes a conn without streams (GOAWAY NO_ERROR); a write
 //     that cannot progress for WriteTimeout (a client that stops reading)
@@ -63,9 +64,7 @@ import (
 //     window is reset with CANCEL; a conn that sent its last GOAWAY lingers
 //     at most 1 s for the client to close.
 const (
-	nativeStreamWindow  = 1 << 20 // SETTINGS_INITIAL_WINDOW_SIZE advertised
-	nativeConnWindow    = 4 << 20 // conn receive window
-	nativeMaxFrame      = 16384   // SETTINGS_MAX_FRAME_SIZE (the default)
+	nativeMaxFrame      = 16384 // SETTINGS_MAX_FRAME_SIZE (the default)
 	nativeWriteBuf      = 32 << 10
 	nativeReadBuf       = 32 << 10
 	nativeLinger        = time.Second
@@ -211,7 +210,7 @@ func (ns *nativeServer) newConn(nc net.Conn) *nconn {
 		streams:        make(map[uint32]*nstream),
 		sendWindow:     65535,
 		peerInitWindow: 65535,
-		recvWindow:     nativeConnWindow,
+		recvWindow:     int64(ns.s.cfg.InitialConnWindow),
 		canon:          make(map[string]string),
 		lower:          make(map[string]string),
 		flushCh:        make(chan struct{}, 1),
@@ -342,10 +341,12 @@ func (c *nconn) serve() {
 	c.frameErrLocked(c.wfr.WriteSettings(
 		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: uint32(c.s.cfg.MaxConcurrentStreams)},
 		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: uint32(c.s.cfg.MaxHeaderBytes)},
-		http2.Setting{ID: http2.SettingInitialWindowSize, Val: nativeStreamWindow},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: uint32(c.s.cfg.InitialStreamWindow)},
 		http2.Setting{ID: http2.SettingEnableConnectProtocol, Val: 1},
 	))
-	c.frameErrLocked(c.wfr.WriteWindowUpdate(0, nativeConnWindow-65535))
+	if up := c.s.cfg.InitialConnWindow - 65535; up > 0 {
+		c.frameErrLocked(c.wfr.WriteWindowUpdate(0, uint32(up)))
+	}
 	c.unlockW()
 
 	var preface [len(http2.ClientPreface)]byte
@@ -1009,7 +1010,7 @@ func (c *nconn) maybeConnWindowUpdate() {
 }
 
 func (c *nconn) takeConnCreditLocked() int64 {
-	if c.recvCredit < nativeConnWindow/8 || c.dead {
+	if c.recvCredit < int64(c.s.cfg.InitialConnWindow/8) || c.dead {
 		return 0
 	}
 	credit := c.recvCredit
@@ -1290,7 +1291,7 @@ func (c *nconn) newStream(f *http2.MetaHeadersFrame) (http2.ErrCode, bool) {
 	st.c = c
 	st.id = id
 	st.cl = cl
-	st.recvWindow = nativeStreamWindow
+	st.recvWindow = int32(c.s.cfg.InitialStreamWindow)
 	st.rcond.L = &c.mu
 	st.head = method == http.MethodHead
 	if vv := h["Expect"]; len(vv) == 1 && strings.EqualFold(vv[0], "100-continue") && !endStream {

@@ -643,7 +643,7 @@ func (b *nbody) Read(p []byte) (int, error) {
 	st.recvCredit += int64(n)
 	c.recvCredit += int64(n)
 	var sc int64
-	if st.inMap && !st.reof && st.recvCredit >= nativeStreamWindow/4 {
+	if st.inMap && !st.reof && st.recvCredit >= int64(c.s.cfg.InitialStreamWindow/4) {
 		sc = st.recvCredit
 		st.recvCredit = 0
 		st.recvWindow += int32(sc)

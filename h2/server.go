@@ -52,6 +52,14 @@ type ServerConfig struct {
 	// the client's first SETTINGS to 2s on its own.) Default 10s.
 	HeaderTimeout time.Duration
 
+	// InitialStreamWindow and InitialConnWindow are the flow-control windows
+	// the server grants a client for request bodies, per stream and per conn
+	// (RFC 9113 §6.9): they bound the body bytes buffered per conn. Between
+	// 65535 and 2^31-1 (clamped); defaults 1 MiB and 4 MiB. With EngineXNet
+	// they are x/net's MaxUploadBufferPerStream and ...PerConnection.
+	InitialStreamWindow int
+	InitialConnWindow   int
+
 	// WriteTimeout bounds how long a response write may make no progress (a
 	// client that stops reading): a conn whose socket writes stall that long
 	// fails with all its streams; with EngineNative, a stream that waits
@@ -109,6 +117,14 @@ func (c ServerConfig) withDefaults() ServerConfig {
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = 30 * time.Second
 	}
+	if c.InitialStreamWindow <= 0 {
+		c.InitialStreamWindow = 1 << 20
+	}
+	if c.InitialConnWindow <= 0 {
+		c.InitialConnWindow = 4 << 20
+	}
+	c.InitialStreamWindow = min(max(c.InitialStreamWindow, 65535), 1<<31-1)
+	c.InitialConnWindow = min(max(c.InitialConnWindow, 65535), 1<<31-1)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -192,7 +208,11 @@ func NewServer(h transport.Handler, cfg ServerConfig) *Server {
 		ErrorLog:       slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelInfo),
 		ConnState:      s.onConnState,
 	}
-	s.h2 = &http2.Server{WriteByteTimeout: cfg.WriteTimeout}
+	s.h2 = &http2.Server{
+		WriteByteTimeout:             cfg.WriteTimeout,
+		MaxUploadBufferPerStream:     int32(cfg.InitialStreamWindow),
+		MaxUploadBufferPerConnection: int32(cfg.InitialConnWindow),
+	}
 	// ConfigureServer makes base.Shutdown start a graceful shutdown (GOAWAY)
 	// on every conn that ServeConn serves with BaseConfig: base, and copies
 	// base.IdleTimeout. It fails only on TLS settings, which base lacks.

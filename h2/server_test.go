@@ -1041,3 +1041,35 @@ func TestNativeFlowControlStall(t *testing.T) {
 		return ok
 	})
 }
+
+// TestServerWindows: the flow-control windows the server grants are the
+// configured ones: SETTINGS_INITIAL_WINDOW_SIZE per stream, and the conn's
+// window raised from 65535 by its first WINDOW_UPDATE.
+func TestServerWindows(t *testing.T) {
+	h2tEngines(t, func(t *testing.T) {
+		ts := h2tStartServer(t, transport.HandlerFunc(func(s transport.ServerStream) {
+			s.WriteHeader(200, http.Header{}, 0)
+			s.Finish(nil)
+		}), ServerConfig{InitialStreamWindow: 100000, InitialConnWindow: 300000})
+		r := h2tDialRaw(t, ts.addr)
+		var stream, conn uint32
+		r.next("the server's SETTINGS and conn WINDOW_UPDATE", func(f http2.Frame) bool {
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					if v, ok := f.Value(http2.SettingInitialWindowSize); ok {
+						stream = v
+					}
+				}
+			case *http2.WindowUpdateFrame:
+				if f.StreamID == 0 {
+					conn = 65535 + f.Increment
+				}
+			}
+			return stream != 0 && conn != 0
+		})
+		if stream != 100000 || conn != 300000 {
+			t.Errorf("stream window %d, conn window %d; want 100000 and 300000", stream, conn)
+		}
+	})
+}

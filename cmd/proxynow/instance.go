@@ -258,6 +258,7 @@ func (inst *instance) serveFrontend(f *frontend, cfg *gateway.Config) error {
 		MaxHeaderBytes: int(lim.MaxHeaderBytes), MaxHeaderCount: lim.MaxHeaderCount,
 		MaxConcurrentStreams: lim.MaxConcurrentStreams, IdleTimeout: time.Duration(lim.IdleTimeout),
 		HeaderTimeout: time.Duration(lim.HeaderTimeout), WriteTimeout: time.Duration(lim.WriteTimeout),
+		InitialStreamWindow: int(cfg.HTTP2.InitialStreamWindow), InitialConnWindow: int(cfg.HTTP2.InitialConnWindow),
 		Logger: inst.log, Engine: h2Engine(cfg.HTTP2.Engine),
 	})
 	if f.udp != nil {
