@@ -403,15 +403,10 @@ func (st *nstream) sendData(p []byte, end bool) error {
 			c.mu.Unlock()
 		}
 		last := end && n == len(p)
-		c.lockW()
-		if st.wdone || st.peerReset.Load() || !c.writeOKLocked() {
-			c.unlockW()
-			return st.failErr()
+		if err := st.lockWrite(); err != nil {
+			return err
 		}
-		if !st.headSent {
-			st.headSent = true
-			c.writeHeadLocked(st.id, st.status, st.rh, st.rcl, false)
-		}
+		st.writeHeadOnceLocked(false)
 		c.frameErrLocked(c.wfr.WriteData(st.id, last, p[:n]))
 		if last {
 			st.wdone = true
@@ -447,19 +442,36 @@ func (st *nstream) closeLocal() {
 	c.mu.Unlock()
 }
 
-// sendHead sends the head alone, if not sent yet.
-func (st *nstream) sendHead() error {
+// lockWrite takes the conn's write section for a frame of st. It fails,
+// without the section, when the stream or the conn can take no more frames.
+func (st *nstream) lockWrite() error {
 	c := st.c
 	c.lockW()
 	if st.wdone || st.peerReset.Load() || !c.writeOKLocked() {
 		c.unlockW()
 		return st.failErr()
 	}
-	if !st.headSent {
-		st.headSent = true
-		c.writeHeadLocked(st.id, st.status, st.rh, st.rcl, false)
+	return nil
+}
+
+// writeHeadOnceLocked writes the head, with END_STREAM when end is set,
+// unless it went out before; it reports whether it wrote it.
+func (st *nstream) writeHeadOnceLocked(end bool) bool {
+	if st.headSent {
+		return false
 	}
-	c.unlockW()
+	st.headSent = true
+	st.c.writeHeadLocked(st.id, st.status, st.rh, st.rcl, end)
+	return true
+}
+
+// sendHead sends the head alone, if not sent yet.
+func (st *nstream) sendHead() error {
+	if err := st.lockWrite(); err != nil {
+		return err
+	}
+	st.writeHeadOnceLocked(false)
+	st.c.unlockW()
 	return nil
 }
 
@@ -513,10 +525,8 @@ func (st *nstream) Finish(trailer http.Header) error {
 		}
 		if err == nil {
 			c := st.c
-			c.lockW()
-			if st.wdone || st.peerReset.Load() || !c.writeOKLocked() {
-				c.unlockW()
-				return st.failErr()
+			if err := st.lockWrite(); err != nil {
+				return err
 			}
 			c.writeTrailersLocked(st.id, trailer)
 			st.wdone = true
@@ -536,15 +546,10 @@ func (st *nstream) Finish(trailer http.Header) error {
 // DATA frame when the head went out before.
 func (st *nstream) endEmpty() error {
 	c := st.c
-	c.lockW()
-	if st.wdone || st.peerReset.Load() || !c.writeOKLocked() {
-		c.unlockW()
-		return st.failErr()
+	if err := st.lockWrite(); err != nil {
+		return err
 	}
-	if !st.headSent {
-		st.headSent = true
-		c.writeHeadLocked(st.id, st.status, st.rh, st.rcl, true)
-	} else {
+	if !st.writeHeadOnceLocked(true) {
 		c.frameErrLocked(c.wfr.WriteData(st.id, true, nil))
 	}
 	st.wdone = true

@@ -767,7 +767,7 @@ func (st *serverStream) readTrailers(l uint64) error {
 			return st.bodyFailed(http3.ErrCodeMessageError, errMessage)
 		}
 		if !httpguts.ValidTrailerHeader(f.Name) {
-			continue // not allowed in trailers: dropped, as quic-go's server does not
+			continue // not allowed in trailers (RFC 9110 §6.5.1): dropped, not forwarded
 		}
 		if t == nil {
 			t = make(http.Header)
